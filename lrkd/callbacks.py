@@ -1,0 +1,37 @@
+"""Lightning callbacks of lrkd (the rest come from Lightning itself: checkpoints, early stopping)."""
+from __future__ import annotations
+
+import random
+
+import lightning as L
+import numpy as np
+import torch
+
+
+class RNGStateCheckpoint(L.Callback):
+    """Saves the torch, numpy and Python RNG states in every checkpoint and restores them on resume,
+    so a resumed run draws the same dropout masks as an uninterrupted one.
+
+    Stored as tensors and plain ints only, so checkpoints still load with ``weights_only=True``.
+    """
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+        py_version, py_state, py_gauss = random.getstate()
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached": float(cached)},
+            "python": {"version": int(py_version), "state": list(py_state),
+                       "gauss": None if py_gauss is None else float(py_gauss)},
+        }
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states")
+        if not states:
+            return
+        torch.set_rng_state(states["torch"])
+        n = states["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+        p = states["python"]
+        random.setstate((p["version"], tuple(p["state"]), p["gauss"]))

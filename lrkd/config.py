@@ -1,0 +1,23 @@
+"""OmegaConf resolvers used by ``conf/`` (registered on ``import lrkd``)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+ROOT_DIR = Path(__file__).resolve().parents[1]
+
+
+def wandb_offline() -> bool:
+    """W&B runs offline unless an API key is in the environment (the key itself is never read here)."""
+    return not os.environ.get("WANDB_API_KEY")
+
+
+def register_resolvers() -> None:
+    """``${lrkd_root:}``: the repository root (where conf/ and datasets/ live);
+    ``${lrkd_wandb_offline:}``: true unless WANDB_API_KEY is set."""
+    if not OmegaConf.has_resolver("lrkd_root"):
+        OmegaConf.register_new_resolver("lrkd_root", lambda: str(ROOT_DIR))
+    if not OmegaConf.has_resolver("lrkd_wandb_offline"):
+        OmegaConf.register_new_resolver("lrkd_wandb_offline", wandb_offline)

@@ -1,0 +1,375 @@
+"""RelevanceDataModule: a schema dataset, split by query, tokenized once, served as contract batches.
+
+``setup`` loads the source, splits it by query (:func:`lrkd.data.splits.split_by_query`), tokenizes
+the standard view of every pair into one cache entry (:mod:`lrkd.data.tokenize`), and, when a teacher
+artefact is attached, aligns its annotations to the rows. Batches follow :mod:`lrkd.data.batch`.
+
+Teacher outputs reach the TRAIN batches only (``annotated``, ``teacher_probs``, ``latent_targets``
+and, with ``with_augmented_view``, the ``aug_*`` view); validation and test never see them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any, Mapping, Sequence
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lrkd.data.batch import AUG_PREFIX
+from lrkd.data.sampler import EpochSeededSampler
+from lrkd.data.schema import REQUIRED_COLUMNS, DataError, DataSpec, LabelSet, dataset_fingerprint
+from lrkd.data.splits import split_by_query
+from lrkd.data.tokenize import TokenizedView, tokenize_augmented, tokenize_standard
+from lrkd.models import resolve_model_path
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+DEFAULT_PERSPECTIVES = ("user_intent", "structured_analysis", "business_rules")
+
+
+# ------------------------------------------------------------------------------ dataset and collate
+class PairDataset(Dataset):
+    """The pairs of one split. Item j is dataset row ``rows[j]``.
+
+    tokens:      standard view of ALL rows of the dataset (indexed by row).
+    labels, relevance, query_index: [N_all] per-row arrays.
+    annotations: optional {"annotated" [N_all] bool, "teacher_probs" [N_all, C] float32,
+                 "latent_targets" [N_all, K, D] float32} (indexed by row).
+    aug_tokens:  optional augmented view of THIS split's pairs (indexed by j, not by row).
+    """
+
+    def __init__(self, rows: np.ndarray, tokens: TokenizedView, labels: np.ndarray, relevance: np.ndarray,
+                 query_index: np.ndarray, annotations: Mapping[str, np.ndarray] | None = None,
+                 aug_tokens: TokenizedView | None = None):
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.tokens, self.labels, self.relevance, self.query_index = tokens, labels, relevance, query_index
+        self.annotations = dict(annotations) if annotations is not None else None
+        if aug_tokens is not None and len(aug_tokens) != len(self.rows):
+            raise ValueError(f"augmented view has {len(aug_tokens)} sequences for {len(self.rows)} pairs")
+        self.aug_tokens = aug_tokens
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, j: int) -> dict[str, Any]:
+        row = int(self.rows[j])
+        ids, types = self.tokens[row]
+        item = {"input_ids": ids, "token_type_ids": types, "labels": int(self.labels[row]),
+                "relevance": float(self.relevance[row]), "query_index": int(self.query_index[row]),
+                "pair_index": row}
+        if self.annotations is not None:
+            for key, values in self.annotations.items():
+                item[key] = values[row]
+        if self.aug_tokens is not None:
+            item["aug_input_ids"], item["aug_token_type_ids"] = self.aug_tokens[j]
+        return item
+
+
+def pad_sequences(seqs: Sequence[np.ndarray], pad_value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad 1-d int sequences to the longest: (values [B, L] long, mask [B, L] long)."""
+    width = max((len(s) for s in seqs), default=0)
+    values = np.full((len(seqs), width), pad_value, dtype=np.int64)
+    mask = np.zeros((len(seqs), width), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        values[i, :len(s)] = s
+        mask[i, :len(s)] = 1
+    return torch.from_numpy(values), torch.from_numpy(mask)
+
+
+class PairCollator:
+    """Items of :class:`PairDataset` -> the batch dict of :mod:`lrkd.data.batch`, padded to the
+    longest sequence of the batch (``pad_id`` for ids, 0 for types and mask)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = int(pad_id)
+
+    def _view(self, items, prefix: str) -> dict[str, torch.Tensor]:
+        ids, mask = pad_sequences([it[prefix + "input_ids"] for it in items], self.pad_id)
+        types, _ = pad_sequences([it[prefix + "token_type_ids"] for it in items], 0)
+        return {prefix + "input_ids": ids, prefix + "attention_mask": mask, prefix + "token_type_ids": types}
+
+    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = self._view(items, "")
+        batch["labels"] = torch.tensor([it["labels"] for it in items], dtype=torch.long)
+        batch["relevance"] = torch.tensor([it["relevance"] for it in items], dtype=torch.float32)
+        batch["query_index"] = torch.tensor([it["query_index"] for it in items], dtype=torch.long)
+        batch["pair_index"] = torch.tensor([it["pair_index"] for it in items], dtype=torch.long)
+        first = items[0] if items else {}
+        if "annotated" in first:
+            batch["annotated"] = torch.tensor(np.array([it["annotated"] for it in items], dtype=bool))
+            batch["teacher_probs"] = torch.from_numpy(np.stack([it["teacher_probs"] for it in items]).astype(np.float32))
+            batch["latent_targets"] = torch.from_numpy(np.stack([it["latent_targets"] for it in items]).astype(np.float32))
+        if AUG_PREFIX + "input_ids" in first:
+            batch.update(self._view(items, AUG_PREFIX))
+        return batch
+
+
+# ------------------------------------------------------------------------------------ data module
+def _plain(node) -> Any:
+    """OmegaConf nodes -> plain containers; anything else unchanged."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover
+        return node
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def _manifest_value(artefact, name: str, default=None):
+    """A manifest field of a loaded artefact, whether exposed as an attribute or in ``.manifest``."""
+    if hasattr(artefact, name):
+        return getattr(artefact, name)
+    manifest = getattr(artefact, "manifest", None)
+    if isinstance(manifest, Mapping):
+        return manifest.get(name, default)
+    return getattr(manifest, name, default)
+
+
+def grade_mean_relevance(df: pd.DataFrame, rows: np.ndarray, label_set: LabelSet) -> tuple[float, ...]:
+    """Mean raw ``relevance`` of the pairs of each grade among ``rows`` (typically the train split):
+    the per-grade ``values`` of ``labels.values: auto``."""
+    if "relevance" not in df.columns or not df["relevance"].notna().any():
+        raise DataError("labels.values is 'auto' but the dataset has no numeric relevance (column 'relevance' "
+                        "is absent or all NaN); give the values explicitly", column="relevance")
+    part = df.iloc[rows]
+    part = part[part["relevance"].notna() & (part["label"] >= 0)]
+    means = part.groupby("label")["relevance"].mean()
+    missing = [label_set.names[c] for c in range(label_set.num_classes) if c not in means.index]
+    if missing:
+        raise DataError(f"labels.values is 'auto' but grade(s) {missing} have no train pair with a relevance; "
+                        "give the values explicitly", column="relevance")
+    return tuple(float(means[c]) for c in range(label_set.num_classes))
+
+
+class RelevanceDataModule(L.LightningDataModule):
+    """Judged (query, item) pairs for the student, split by query.
+
+    name:       dataset name (for logs).
+    source:     an object with ``load(label_set, duplicates) -> schema DataFrame``, or a config node
+                with ``_target_`` (instantiated with ``hydra.utils.instantiate``).
+    labels:     mapping for ``LabelSet.from_config``; ``values: auto`` = the mean raw relevance of each
+                grade on the train split.
+    split:      mapping {train, val, test: fraction of pairs, seed}; see ``split_by_query``.
+    tokenizer:  hub id or local path (resolved with ``resolve_model_path``), or a loaded tokenizer.
+    max_length: tokens of the standard view; aug_max_length: tokens of the augmented view, whose
+                ``[CLS] q [SEP] p [SEP]`` prefix is the standard view (max_length tokens).
+    annotations: directory of a teacher artefact (``lrkd.artefact``), or None.
+    with_augmented_view: also serve ``aug_*`` keys on train batches (the ``crsd`` loss term).
+    path, max_pairs: accepted so that configs can forward them to the source; unused here.
+
+    After ``setup``: ``frame`` (the DataFrame), ``splits`` (name -> row indices), ``fingerprint``,
+    ``spec`` (:class:`DataSpec`), ``tokenizer`` (the loaded tokenizer), ``train_sampler``.
+    """
+
+    def __init__(self, name: str, source, labels: Mapping, split: Mapping, tokenizer, max_length: int,
+                 aug_max_length: int = 320, batch_size: int = 32, eval_batch_size: int = 64,
+                 num_workers: int = 0, cache_dir: str = ".cache", annotations: str | None = None,
+                 annotation_strict_fingerprint: bool = True, perspectives: Sequence[str] = DEFAULT_PERSPECTIVES,
+                 duplicates: str = "error", with_augmented_view: bool = False, seed: int = 42,
+                 path: str | None = None, max_pairs: int | None = None):
+        super().__init__()
+        if with_augmented_view and not annotations:
+            raise ValueError(
+                "with_augmented_view=True needs teacher rationales, but no annotation artefact is attached. "
+                "The reasoning-augmented view [CLS] q [SEP] p [SEP] rationale [SEP] is read by the `crsd` loss "
+                "term (contrastive reasoning self-distillation). Attach an artefact written by the teacher's "
+                "annotation stage with data.annotations=<dir>, or drop the term with ~loss.terms.crsd.")
+        self.name = name
+        self.source = source
+        self.labels = _plain(labels)
+        self.split = dict(_plain(split) or {})
+        self.tokenizer_name = tokenizer
+        self.max_length = int(max_length)
+        self.aug_max_length = int(aug_max_length)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size)
+        self.num_workers = int(num_workers)
+        self.cache_dir = str(cache_dir)
+        self.annotations = str(annotations) if annotations else None
+        self.annotation_strict_fingerprint = bool(annotation_strict_fingerprint)
+        self.perspectives = tuple(_plain(perspectives))
+        self.duplicates = duplicates
+        self.with_augmented_view = bool(with_augmented_view)
+        self.seed = int(seed)
+        if self.with_augmented_view and self.aug_max_length < self.max_length + 2:
+            raise ValueError(f"aug_max_length={self.aug_max_length} must exceed max_length={self.max_length} "
+                             "by >= 2 to leave room for a rationale")
+
+        self.tokenizer = None
+        self.frame: pd.DataFrame | None = None
+        self.splits: dict[str, np.ndarray] = {}
+        self.fingerprint: str | None = None
+        self.label_set: LabelSet | None = None
+        self.train_sampler: EpochSeededSampler | None = None
+        self.cache_hits: dict[str, bool] = {}
+        self._spec: DataSpec | None = None
+        self._datasets: dict[str, PairDataset] = {}
+        self._collate: PairCollator | None = None
+
+    # ------------------------------------------------------------------------------------ setup
+    def prepare_data(self) -> None:
+        """Runs on one process per node before ``setup`` on all ranks: doing the setup here writes the
+        token cache once, so that the other ranks' ``setup`` reads it instead of re-tokenizing."""
+        self.setup("fit")
+
+    def _build_source(self):
+        source = self.source
+        try:
+            from omegaconf import DictConfig
+        except ImportError:  # pragma: no cover
+            DictConfig = ()
+        if isinstance(source, (DictConfig, Mapping)):
+            if "_target_" not in source:
+                raise ValueError(f"data source config needs a _target_ (a source class), got keys {list(source)}")
+            from hydra.utils import instantiate
+            source = instantiate(source)
+        if not hasattr(source, "load"):
+            raise TypeError(f"data source {source!r} has no load(label_set, duplicates) method")
+        return source
+
+    def _load_tokenizer(self):
+        if not isinstance(self.tokenizer_name, (str, bytes)) and hasattr(self.tokenizer_name, "get_vocab"):
+            return self.tokenizer_name
+        from transformers import AutoTokenizer
+        return AutoTokenizer.from_pretrained(resolve_model_path(str(self.tokenizer_name)))
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load, split, tokenize and align annotations. Idempotent: a second call does nothing."""
+        if self.frame is not None:
+            return
+        label_cfg = dict(self.labels)
+        auto_values = isinstance(label_cfg.get("values"), str)
+        if auto_values and label_cfg["values"].strip().lower() != "auto":
+            raise ValueError(f"labels.values must be a list or 'auto', got {label_cfg['values']!r}")
+        label_set = LabelSet.from_config({**label_cfg, "values": None if auto_values else label_cfg.get("values")})
+
+        df = self._build_source().load(label_set, duplicates=self.duplicates)
+        missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+        if missing:
+            raise DataError(f"source {type(self.source).__name__} returned no column(s) {missing}", column=missing[0])
+        df = df.reset_index(drop=True)
+        fingerprint = dataset_fingerprint(df)
+
+        fractions = {k: float(v) for k, v in self.split.items() if k != "seed"}
+        if set(fractions) != set(SPLITS):
+            raise ValueError(f"split needs fractions for exactly {SPLITS} (plus an optional seed), got {list(self.split)}")
+        splits = split_by_query(df["query_id"].tolist(), fractions, seed=int(self.split.get("seed", self.seed)))
+        if len(splits["train"]) == 0:
+            raise DataError(f"dataset {self.name!r}: the train split is empty ({len(df)} pairs, "
+                            f"{df['query_id'].nunique()} queries)")
+        if auto_values:
+            label_set = dataclasses.replace(label_set, values=grade_mean_relevance(df, splits["train"], label_set))
+            log.info("labels.values auto (train means): %s", dict(zip(label_set.names, label_set.values)))
+
+        tokenizer = self._load_tokenizer()
+        tokens, self.cache_hits["standard"] = tokenize_standard(df, tokenizer, self.max_length, self.cache_dir,
+                                                                fingerprint=fingerprint)
+        labels = df["label"].to_numpy(dtype=np.int64)
+        relevance = (df["relevance"].to_numpy(dtype=np.float32) if "relevance" in df.columns
+                     else np.full(len(df), np.nan, dtype=np.float32))
+        query_index = pd.factorize(df["query_id"])[0].astype(np.int64)
+
+        perspectives, latent_dim, annotations, aug_tokens = self.perspectives, 0, None, None
+        if self.annotations:
+            annotations, perspectives, latent_dim, rationales = self._align_annotations(
+                df, label_set, fingerprint)
+            if self.with_augmented_view:
+                train_rows = splits["train"]
+                train_df = df.iloc[train_rows]
+                train_rationales = [rationales[r] for r in train_rows]
+                aug_tokens, self.cache_hits["augmented"] = tokenize_augmented(
+                    train_df, train_rationales, tokenizer, self.aug_max_length, self.cache_dir,
+                    item_max_length=self.max_length)
+
+        common = dict(tokens=tokens, labels=labels, relevance=relevance, query_index=query_index)
+        self._datasets = {
+            "train": PairDataset(splits["train"], annotations=annotations, aug_tokens=aug_tokens, **common),
+            "val": PairDataset(splits["val"], **common),
+            "test": PairDataset(splits["test"], **common),
+        }
+        pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+        self._collate = PairCollator(pad_id)
+        self._spec = DataSpec(label_set=label_set, perspectives=tuple(perspectives), latent_dim=int(latent_dim),
+                              has_annotations=annotations is not None,
+                              has_relevance=bool(np.isfinite(relevance).any()))
+        self.tokenizer, self.label_set, self.splits, self.fingerprint = tokenizer, label_set, splits, fingerprint
+        self.frame = df
+        log.info("data %s: %d pairs, %d queries; split %s; token cache %s", self.name, len(df),
+                 int(query_index.max()) + 1, {k: len(v) for k, v in splits.items()}, self.cache_hits)
+
+    def _align_annotations(self, df, label_set: LabelSet, fingerprint: str):
+        """Load, validate and align the artefact: (arrays by row, perspectives, latent dim, rationale
+        text by row with "" where a row is not annotated)."""
+        from lrkd import artefact as artefact_lib
+
+        ann = artefact_lib.load_artefact(self.annotations)
+        ann.validate(df, perspectives=list(self.perspectives), label_names=list(label_set.names),
+                     dataset_fingerprint=fingerprint, strict_fingerprint=self.annotation_strict_fingerprint)
+        aligned = ann.align(df)
+        perspectives = tuple(_manifest_value(ann, "perspectives", self.perspectives))
+        latent_dim = int(_manifest_value(ann, "vector_dim", 0) or 0)
+        annotated = np.asarray(aligned.annotated, dtype=bool)
+        probs = np.array(aligned.soft_labels, dtype=np.float32)
+        latents = np.array(aligned.latents, dtype=np.float32)
+        n, c = len(df), label_set.num_classes
+        if annotated.shape != (n,) or probs.shape != (n, c) or latents.shape[:2] != (n, len(perspectives)):
+            raise DataError(f"artefact alignment has shapes annotated {annotated.shape}, soft_labels {probs.shape}, "
+                            f"latents {latents.shape}; expected ({n},), ({n}, {c}), ({n}, {len(perspectives)}, D)",
+                            path=self.annotations)
+        # The batch contract, whatever the artefact fills in for rows it does not cover.
+        probs[~annotated] = 1.0 / c
+        latents[~annotated] = 0.0
+        rationales = [artefact_lib.format_rationales(aligned.rationales[i], perspectives) if annotated[i] else ""
+                      for i in range(n)]
+        arrays = {"annotated": annotated, "teacher_probs": probs, "latent_targets": latents}
+        return arrays, perspectives, latent_dim, rationales
+
+    # ----------------------------------------------------------------------------- properties
+    def _require_setup(self) -> None:
+        if self.frame is None:
+            raise RuntimeError("RelevanceDataModule.setup() has not been called yet")
+
+    @property
+    def spec(self) -> DataSpec:
+        self._require_setup()
+        return self._spec
+
+    def dataset(self, split: str) -> PairDataset:
+        """The :class:`PairDataset` of ``split`` ("train", "val" or "test")."""
+        self._require_setup()
+        return self._datasets[split]
+
+    @property
+    def num_train_batches(self) -> int:
+        """Optimizer steps per epoch before gradient accumulation, per process (each DDP rank sees
+        ceil(N / world_size) pairs)."""
+        self._require_setup()
+        trainer = getattr(self, "trainer", None)
+        world = max(int(getattr(trainer, "world_size", 1) or 1), 1) if trainer is not None else 1
+        return math.ceil(math.ceil(len(self._datasets["train"]) / world) / self.batch_size)
+
+    # ---------------------------------------------------------------------------- dataloaders
+    def _loader(self, split: str, batch_size: int, sampler=None) -> DataLoader:
+        return DataLoader(self.dataset(split), batch_size=batch_size, sampler=sampler, shuffle=False,
+                          drop_last=False, num_workers=self.num_workers, collate_fn=self._collate,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        self.train_sampler = EpochSeededSampler(len(self.dataset("train")), seed=self.seed)
+        return self._loader("train", self.batch_size, sampler=self.train_sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()

@@ -1,0 +1,62 @@
+"""Split judged pairs by query: every query's pairs land in exactly one split.
+
+The fractions are fractions of **pairs**, reached by assigning **whole queries** greedily: queries
+are visited in a seeded random order and each goes to the split furthest below its target number of
+pairs. A split therefore misses its target by at most the size of one query, and a query with many
+judged items does not skew the split sizes the way a per-query fraction would.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+
+
+def split_by_query(query_ids: Sequence, fractions: Mapping[str, float] | None = None,
+                   seed: int = 42) -> dict[str, np.ndarray]:
+    """Assign row indices to splits so that no query is in two splits.
+
+    query_ids: [N] the query id of every row (any hashable; typically ``df["query_id"]``).
+    fractions: split name -> target fraction of the N pairs; >= 0, summing to 1. Default
+               70/15/15 train/val/test. The result keeps this key order.
+    seed:      the order in which queries are dealt out; the split depends only on the seed and on
+               the set of (query id, pair count), not on the row order.
+
+    Returns split name -> sorted int64 array of row indices; the arrays partition ``range(N)``.
+    Every split with a positive fraction gets at least one query when there are enough queries.
+    """
+    fractions = dict(DEFAULT_FRACTIONS if fractions is None else fractions)
+    if not fractions:
+        raise ValueError("split_by_query needs at least one split")
+    names = list(fractions)
+    target = np.array([float(fractions[n]) for n in names])
+    if (target < 0).any() or not np.isclose(target.sum(), 1.0, atol=1e-6):
+        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
+
+    codes, _ = pd.factorize(pd.Series(list(query_ids), dtype=object), sort=True)
+    n_rows = len(codes)
+    if n_rows and (codes < 0).any():
+        raise ValueError("query ids must not be missing (None/NaN)")
+    pairs_per_query = np.bincount(codes, minlength=codes.max() + 1 if n_rows else 0)
+    order = np.random.default_rng(seed).permutation(len(pairs_per_query))
+
+    target_pairs = target * n_rows
+    assigned = np.zeros(len(names))
+    split_of_query = np.empty(len(pairs_per_query), dtype=np.int64)
+    # First give each split with a positive target one query, so none is empty; then deal the rest
+    # to the split with the largest shortfall (ties: the earlier split).
+    seeds = [k for k in range(len(names)) if target[k] > 0]
+    for position, q in enumerate(order):
+        if position < len(seeds):
+            k = seeds[position]
+        else:
+            shortfall = np.where(target > 0, target_pairs - assigned, -np.inf)
+            k = int(np.argmax(shortfall))
+        split_of_query[q] = k
+        assigned[k] += pairs_per_query[q]
+
+    split_of_row = split_of_query[codes] if n_rows else np.empty(0, dtype=np.int64)
+    return {name: np.flatnonzero(split_of_row == k).astype(np.int64) for k, name in enumerate(names)}

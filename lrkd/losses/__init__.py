@@ -1,0 +1,16 @@
+"""Loss terms: pure functions of tensors, one ``LossTerm`` module each, composed by ``WeightedLoss``."""
+from lrkd.losses.ce import CETerm, ce_targets, cross_entropy
+from lrkd.losses.compose import LossInputError, LossTerm, WeightedLoss, masked_mean
+from lrkd.losses.crsd import CRSDTerm, crsd_losses
+from lrkd.losses.infonce import info_nce
+from lrkd.losses.kd import KDTerm, kd_loss, kl_per_row
+from lrkd.losses.latent import DISTANCES, LatentTerm, latent_alignment
+
+__all__ = [
+    "LossTerm", "WeightedLoss", "LossInputError", "masked_mean",
+    "CETerm", "cross_entropy", "ce_targets",
+    "KDTerm", "kd_loss", "kl_per_row",
+    "info_nce",
+    "LatentTerm", "latent_alignment", "DISTANCES",
+    "CRSDTerm", "crsd_losses",
+]

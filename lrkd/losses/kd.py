@@ -1,0 +1,56 @@
+"""``kd``: soft-label knowledge distillation, T² · KL(softmax(t/T) ‖ softmax(s/T)), t = log p_T."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lrkd.losses.compose import LossTerm, masked_mean
+
+PROB_FLOOR = 1e-8  # teacher probabilities are clamped to this before the log
+
+
+def kl_per_row(target_log_probs: Tensor, log_probs: Tensor) -> Tensor:
+    """KL(p ‖ q) per row, from log p (the target) and log q, both [B, C]. Returns [B] (nats)."""
+    return F.kl_div(log_probs, target_log_probs, reduction="none", log_target=True).sum(dim=-1)
+
+
+def kd_loss(student_logits: Tensor, teacher_probs: Tensor, temperature: float = 2.0,
+            mask: Tensor | None = None) -> Tensor:
+    """Hinton distillation loss, masked mean over rows.
+
+    student_logits: [B, C] s; teacher_probs: [B, C] p_T (rows sum to 1), read as logits t = log p_T;
+    mask: [B] bool, rows to use (all when ``None``). Returns the scalar
+    ``T² · mean_b KL(softmax(t_b / T) ‖ softmax(s_b / T))``; 0 with a grad path when no row is valid.
+    The T² factor keeps the gradient scale independent of T.
+    """
+    if student_logits.shape != teacher_probs.shape:
+        raise ValueError(f"kd_loss: student logits {tuple(student_logits.shape)} and teacher probs "
+                         f"{tuple(teacher_probs.shape)} must both be [B, C] with the same C")
+    if temperature <= 0:
+        raise ValueError(f"kd_loss: temperature must be > 0, got {temperature}")
+    teacher_logits = teacher_probs.float().clamp_min(PROB_FLOOR).log()
+    target = F.log_softmax(teacher_logits / temperature, dim=-1)
+    student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    return temperature ** 2 * masked_mean(kl_per_row(target, student), mask)
+
+
+class KDTerm(LossTerm):
+    """KD from ``batch["teacher_probs"]`` onto ``out["logits"]`` over the annotated rows."""
+
+    needs_annotations = True
+
+    def __init__(self, weight: float = 1.0, temperature: float = 2.0):
+        super().__init__(weight)
+        self.temperature = float(temperature)
+
+    def forward(self, out: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        teacher_probs = self.batch_annotation(batch, "teacher_probs")
+        annotated = self.batch_annotation(batch, "annotated")
+        logits = self.output(out, "logits", "the student module must return classifier logits")
+        return {"loss": kd_loss(logits, teacher_probs, self.temperature, mask=annotated.to(torch.bool))}
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}, temperature={self.temperature}"

@@ -1,0 +1,99 @@
+"""The student stage: fit the student on the train split, pick the best checkpoint on validation,
+test it, and write ``metrics.json`` into the run directory."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lrkd.student.module import StudentModule
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate_group(cfg: DictConfig | None) -> list:
+    """A group of ``_target_`` nodes (callbacks, loggers) -> objects; null entries are skipped."""
+    if not cfg:
+        return []
+    return [instantiate(node) for node in cfg.values() if node is not None and "_target_" in node]
+
+
+def finish_wandb() -> None:
+    """End the W&B run of this job, if any, so the next job of a multirun starts its own."""
+    import sys
+
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+def run_student(cfg: DictConfig) -> dict:
+    """Fit, test the best checkpoint, write metrics.json. Returns the test metrics (flat keys) and
+    ``cfg.optimized_metric``'s value under the key ``optimized_metric`` when it is set."""
+    started = time.time()
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+
+    loss = instantiate(cfg.loss)  # cheap: tells the data module whether to build the augmented view
+    datamodule = instantiate(cfg.data, with_augmented_view=bool(loss.needs_augmented_view), seed=cfg.seed,
+                             _recursive_=False)
+    datamodule.setup("fit")
+    if loss.needs_annotations and not datamodule.spec.has_annotations:
+        raise ValueError(f"loss terms {sorted(loss.active_terms)} need a teacher artefact: "
+                         "set data.annotations=<artefact dir> (or use loss=ce)")
+
+    model = StudentModule(encoder=cfg.student, extractor=cfg.extractor, loss=cfg.loss,
+                          optimizer=cfg.optimizer, data_spec=datamodule.spec.to_dict())
+    counts = model.parameter_counts()
+    log.info("parameters: %s", counts)
+
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    loggers = _instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in trainer.loggers:
+        lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True),
+                            **{f"params/{k}": v for k, v in counts.items()}})
+
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not ckpt:
+            log.warning("no best checkpoint (no validation ran?): testing the weights in memory")
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=True)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        result = {**metrics, **{f"params/{k}": v for k, v in counts.items()},
+                  "best_checkpoint": ckpt, "wall_time_s": round(time.time() - started, 1)}
+        if cfg.get("optimized_metric"):
+            key = cfg.optimized_metric
+            result["optimized_metric"] = {**val, **metrics}.get(key)
+        if trainer.is_global_zero:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            with open(output_dir / "metrics.json", "w") as f:
+                json.dump(result, f, indent=2, sort_keys=True)
+            print_metrics(metrics, title=f"test metrics ({cfg.data.name}, extractor="
+                          f"{cfg.extractor._target_.rsplit('.', 1)[-1]}, loss terms {sorted(loss.active_terms)})")
+        return result
+    finally:
+        finish_wandb()
+
+
+def print_metrics(metrics: dict, title: str = "metrics") -> None:
+    """A small aligned table on stdout."""
+    if not metrics:
+        return
+    width = max(len(k) for k in metrics)
+    lines = [title] + [f"  {k:<{width}}  {v:.4f}" for k, v in sorted(metrics.items())]
+    print("\n".join(lines), flush=True)
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")

@@ -1,0 +1,193 @@
+"""The student: a Hugging Face encoder, a latent reasoning extractor, and a classifier over [h; z_1..z_K].
+
+Built from plain config dicts (so a checkpoint's hyper-parameters load with ``weights_only=True``):
+
+    encoder:   conf/student/*.yaml   (name_or_path | config, tokenizer, pooling, dropout, ...)
+    extractor: conf/extractor/*.yaml (``_target_`` of a LatentExtractor and its sizes)
+    loss:      conf/loss/*.yaml      (``_target_: lrkd.losses.WeightedLoss`` with named terms)
+    optimizer: {lr, head_lr, weight_decay, warmup_ratio, betas, eps}
+    data_spec: DataSpec.to_dict() of the data module (grades, perspectives, latent dim, ...)
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from lrkd.data.batch import AUG_PREFIX, INPUT_KEYS
+from lrkd.data.schema import LabelSet
+from lrkd.metrics import RelevanceMetrics
+from lrkd.student.encoder import count_parameters, load_encoder, pool
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the message names the step and batch."""
+
+
+def _plain(cfg: Any) -> Any:
+    """DictConfig -> plain dict/list (hyper-parameters must be plain for weights_only loading)."""
+    if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+class PerspectiveProjection(nn.Module):
+    """P_k: one linear map per perspective from the extractor's z_k [Dz] to the teacher's latent
+    space [D]. Training-only (used by the ``latent`` loss term); not part of the exported student."""
+
+    def __init__(self, num_perspectives: int, in_dim: int, out_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_perspectives, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.zeros(num_perspectives, out_dim))
+        for k in range(num_perspectives):
+            nn.init.xavier_uniform_(self.weight.data[k])
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """z [B, K, Dz] -> [B, K, D]."""
+        return torch.einsum("bki,kio->bko", z, self.weight) + self.bias
+
+
+class StudentModule(L.LightningModule):
+    """Relevance student (see module docstring). ``forward(batch)`` returns the dict of
+    docs/ARCHITECTURE.md "Student outputs"; ``predict_logits(input_ids, attention_mask,
+    token_type_ids)`` is the inference path that export and serving use."""
+
+    def __init__(self, encoder: dict, extractor: dict, loss: dict, optimizer: dict, data_spec: dict):
+        super().__init__()
+        encoder, extractor, loss, optimizer, data_spec = map(_plain, (encoder, extractor, loss, optimizer, data_spec))
+        self.save_hyperparameters({"encoder": encoder, "extractor": extractor, "loss": loss,
+                                   "optimizer": optimizer, "data_spec": data_spec})
+        self.label_set = LabelSet.from_config(data_spec["label_set"])
+        self.perspectives = tuple(data_spec["perspectives"])
+        self.pooling = encoder.get("pooling", "mean")
+
+        self.encoder = load_encoder(name_or_path=encoder.get("name_or_path"), config=encoder.get("config"),
+                                    tokenizer=encoder.get("tokenizer"), dropout=encoder.get("dropout"),
+                                    trust_remote_code=bool(encoder.get("trust_remote_code", False)))
+        hidden = int(self.encoder.config.hidden_size)
+        self.extractor = instantiate(extractor, hidden_size=hidden, num_perspectives=len(self.perspectives))
+        self.classifier = nn.Sequential(nn.Dropout(float(encoder.get("classifier_dropout", 0.1))),
+                                        nn.Linear(hidden + int(self.extractor.output_dim), self.label_set.num_classes))
+        self.loss_fn = instantiate(loss)
+
+        latent_dim = int(data_spec.get("latent_dim") or 0)
+        wants_latent = "latent" in getattr(self.loss_fn, "active_terms", ())
+        self.latent_projection = None
+        if wants_latent and latent_dim > 0 and self.extractor.output_dim > 0:
+            z_dim = self.extractor.output_dim // len(self.perspectives)
+            self.latent_projection = PerspectiveProjection(len(self.perspectives), z_dim, latent_dim)
+
+        has_relevance = bool(data_spec.get("has_relevance", False))
+        self.val_metrics = RelevanceMetrics(self.label_set, prefix="val/", has_relevance=has_relevance)
+        self.test_metrics = RelevanceMetrics(self.label_set, prefix="test/", has_relevance=has_relevance)
+
+    # ----------------------------------------------------------------------------------- model
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per part; ``inference`` is what the served student holds (no training heads)."""
+        counts = {"encoder": count_parameters(self.encoder), "extractor": count_parameters(self.extractor),
+                  "classifier": count_parameters(self.classifier)}
+        counts["inference"] = sum(counts.values())
+        counts["latent_projection"] = count_parameters(self.latent_projection) if self.latent_projection else 0
+        return counts
+
+    def _features(self, input_ids, attention_mask, token_type_ids=None):
+        """-> (pooled h [B,H], z [B,K,Dz] | None, logits [B,C])."""
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None and getattr(self.encoder.config, "type_vocab_size", 0) > 1:
+            kwargs["token_type_ids"] = token_type_ids
+        states = self.encoder(**kwargs).last_hidden_state
+        h = pool(states, attention_mask, self.pooling)
+        z = self.extractor(states, attention_mask)
+        features = h if z is None else torch.cat([h, z.flatten(1)], dim=-1)
+        return h, z, self.classifier(features)
+
+    def predict_logits(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        """Inference path: class logits [B, C] of the standard view."""
+        return self._features(input_ids, attention_mask, token_type_ids)[2]
+
+    def forward(self, batch: dict, with_augmented_view: bool = False) -> dict:
+        h, z, logits = self._features(*(batch.get(k) for k in INPUT_KEYS))
+        out = {"logits": logits, "pooled": h}
+        if z is not None:
+            out["latents"] = z
+            if self.latent_projection is not None:
+                out["latent_pred"] = self.latent_projection(z)
+        if with_augmented_view:
+            if AUG_PREFIX + "input_ids" not in batch:
+                raise KeyError("a loss term needs the reasoning-augmented view, but the batch has none: "
+                               "attach a teacher artefact with data.annotations=<dir>")
+            aug_h, _, aug_logits = self._features(*(batch.get(AUG_PREFIX + k) for k in INPUT_KEYS))
+            out["aug_pooled"], out["aug_logits"] = aug_h, aug_logits
+        return out
+
+    # -------------------------------------------------------------------------------- training
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self(batch, with_augmented_view=self.loss_fn.needs_augmented_view)
+        total, logs = self.loss_fn(out, batch)
+        if not torch.isfinite(total):
+            parts = ", ".join(f"{k}={float(v):.4g}" for k, v in logs.items())
+            raise NonFiniteLossError(f"non-finite training loss {float(total)} at global step {self.global_step}, "
+                                     f"epoch {self.current_epoch}, batch {batch_idx} "
+                                     f"(pair rows {batch['pair_index'][:8].tolist()}...): {parts}")
+        bs = batch["input_ids"].shape[0]
+        self.log("train/loss", total, prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=bs)
+        return total
+
+    def _eval_step(self, batch: dict, metrics: RelevanceMetrics, prefix: str) -> None:
+        logits = self.predict_logits(*(batch.get(k) for k in INPUT_KEYS))
+        labelled = batch["labels"] >= 0
+        if labelled.any():
+            loss = nn.functional.cross_entropy(logits[labelled], batch["labels"][labelled])
+            self.log(f"{prefix}loss", loss, batch_size=int(labelled.sum()), sync_dist=True)
+        metrics.update(logits.softmax(-1), batch["labels"], batch["query_index"], batch.get("relevance"))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val/")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute(), prog_bar=False)
+        self.val_metrics.reset()
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test/")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_confusion = self.test_metrics.confusion()
+        self.test_metrics.reset()
+
+    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.predict_logits(*(batch.get(k) for k in INPUT_KEYS)).softmax(-1)
+
+    # ------------------------------------------------------------------------------- optimizer
+    def configure_optimizers(self):
+        opt = dict(self.hparams.optimizer)
+        lr = float(opt.get("lr", 5e-5))
+        head_lr = float(opt.get("head_lr") or lr)
+        wd = float(opt.get("weight_decay", 0.01))
+        groups: dict[tuple[str, bool], list] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            part = "encoder" if name.startswith("encoder.") else "head"
+            no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
+            groups.setdefault((part, no_decay), []).append(p)
+        param_groups = [{"params": ps, "lr": lr if part == "encoder" else head_lr,
+                         "weight_decay": 0.0 if no_decay else wd} for (part, no_decay), ps in groups.items()]
+        optimizer = torch.optim.AdamW(param_groups, betas=tuple(opt.get("betas", (0.9, 0.999))),
+                                      eps=float(opt.get("eps", 1e-8)))
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = int(float(opt.get("warmup_ratio", 0.1)) * total)
+
+        def schedule(step: int) -> float:  # linear warm-up, then linear decay to 0
+            if step < warmup:
+                return (step + 1) / max(warmup, 1)
+            return max(0.0, (total - step) / max(total - warmup, 1))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
