@@ -134,7 +134,7 @@ class ArtefactManifest:
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise ArtefactError(f"manifest has no valid schema_version (got {version!r})",
                                 path=where, column="schema_version")
-        if version > 5:
+        if version != SCHEMA_VERSION:
             raise ArtefactError(
                 f"artefact schema_version {version} is not supported: this lrkd reads schema "
                 f"version {SCHEMA_VERSION}. Use the lrkd release that wrote it, or re-run the "

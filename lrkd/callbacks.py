@@ -13,7 +13,13 @@ class RNGStateCheckpoint(L.Callback):
     so a resumed run draws the same dropout masks as an uninterrupted one.
 
     Stored as tensors and plain ints only, so checkpoints still load with ``weights_only=True``.
+    The states are applied in ``on_train_start``, not when the checkpoint is read: building the
+    train loader's iterator after the restore draws from the global torch RNG, and an
+    uninterrupted run made that draw before the checkpoint was written.
     """
+
+    def __init__(self):
+        self._pending: dict | None = None
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
@@ -27,7 +33,10 @@ class RNGStateCheckpoint(L.Callback):
         }
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        states = checkpoint.get("rng_states")
+        self._pending = checkpoint.get("rng_states")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        states, self._pending = self._pending, None
         if not states:
             return
         torch.set_rng_state(states["torch"])

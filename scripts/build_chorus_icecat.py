@@ -80,14 +80,14 @@ def humanise_name(key: str) -> str:
 
 
 def format_value(value) -> str:
-    """Booleans as yes/no, integral numbers without ".0", text tidied ("a,b" -> "a, b")."""
+    """Booleans as yes/no, integral numbers without ".0", text tidied ("a,b" -> "a, b"; ";" -> ",")."""
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, (int, float)):
         if isinstance(value, float) and value.is_integer():
             return str(int(value))
         return repr(value)
-    text = str(value).replace("\\n", " ")
+    text = re.sub(r"\s*;\s*", ", ", str(value).replace("\\n", " "))  # "; " separates attributes
     text = re.sub(r",(?=[A-Za-z])", ", ", text)
     return " ".join(text.split())
 
@@ -96,8 +96,9 @@ def shorten(text: str, max_chars: int) -> str:
     """Cut at a word boundary to at most ``max_chars`` characters, ending in an ellipsis."""
     if len(text) <= max_chars:
         return text
-    cut = text[: max_chars - 1].rsplit(" ", 1)[0].rstrip(" ,;:")
-    return cut + "…"
+    head = text[:max_chars]
+    cut = head.rsplit(" ", 1)[0] if " " in head else head[: max_chars - 1]
+    return cut.rstrip(" ,;:") + "…"
 
 
 def attribute_text(product: dict, max_attributes: int = 30, max_value_chars: int = 80) -> str:

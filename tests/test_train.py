@@ -102,15 +102,15 @@ class KillAtStep(L.Callback):
 
 def _fit(cfg, extra_callbacks=(), ckpt_path=None):
     from lrkd.student.module import StudentModule
-    from lrkd.stages.student import _instantiate_group
+    from lrkd.stages.student import _instantiate_group, without_logger_callbacks
 
     L.seed_everything(cfg.seed, workers=True)
     dm = instantiate(cfg.data, seed=cfg.seed, _recursive_=False)
     dm.setup("fit")
     model = StudentModule(encoder=cfg.student, extractor=cfg.extractor, loss=cfg.loss,
                           optimizer=cfg.optimizer, data_spec=dm.spec.to_dict())
-    trainer = instantiate(cfg.trainer, callbacks=_instantiate_group(cfg.callbacks) + list(extra_callbacks),
-                          logger=False)
+    callbacks = without_logger_callbacks(_instantiate_group(cfg.callbacks), [])
+    trainer = instantiate(cfg.trainer, callbacks=callbacks + list(extra_callbacks), logger=False)
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     return model, trainer
 

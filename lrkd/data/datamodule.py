@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lrkd.data.batch import AUG_PREFIX
-from lrkd.data.sampler import EpochSeededSampler
+from lrkd.data.sampler import make_train_loader
 from lrkd.data.schema import REQUIRED_COLUMNS, DataError, DataSpec, LabelSet, dataset_fingerprint
 from lrkd.data.splits import split_by_query
 from lrkd.data.tokenize import TokenizedView, tokenize_augmented, tokenize_standard
@@ -120,16 +120,6 @@ def _plain(node) -> Any:
     if isinstance(node, (DictConfig, ListConfig)):
         return OmegaConf.to_container(node, resolve=True)
     return node
-
-
-def _manifest_value(artefact, name: str, default=None):
-    """A manifest field of a loaded artefact, whether exposed as an attribute or in ``.manifest``."""
-    if hasattr(artefact, name):
-        return getattr(artefact, name)
-    manifest = getattr(artefact, "manifest", None)
-    if isinstance(manifest, Mapping):
-        return manifest.get(name, default)
-    return getattr(manifest, name, default)
 
 
 def grade_mean_relevance(df: pd.DataFrame, rows: np.ndarray, label_set: LabelSet) -> tuple[float, ...]:
@@ -305,31 +295,22 @@ class RelevanceDataModule(L.LightningDataModule):
                  int(query_index.max()) + 1, {k: len(v) for k, v in splits.items()}, self.cache_hits)
 
     def _align_annotations(self, df, label_set: LabelSet, fingerprint: str):
-        """Load, validate and align the artefact: (arrays by row, perspectives, latent dim, rationale
-        text by row with "" where a row is not annotated)."""
+        """Load, validate and align the artefact (``lrkd.artefact``): (arrays by row, perspectives,
+        latent dim D, rationale text by row, "" where a row is not annotated)."""
         from lrkd import artefact as artefact_lib
 
         ann = artefact_lib.load_artefact(self.annotations)
         ann.validate(df, perspectives=list(self.perspectives), label_names=list(label_set.names),
                      dataset_fingerprint=fingerprint, strict_fingerprint=self.annotation_strict_fingerprint)
-        aligned = ann.align(df)
-        perspectives = tuple(_manifest_value(ann, "perspectives", self.perspectives))
-        latent_dim = int(_manifest_value(ann, "vector_dim", 0) or 0)
+        aligned = ann.align(df)  # uniform soft labels and zero latents where a row is not annotated
+        perspectives = tuple(ann.perspectives)
         annotated = np.asarray(aligned.annotated, dtype=bool)
-        probs = np.array(aligned.soft_labels, dtype=np.float32)
-        latents = np.array(aligned.latents, dtype=np.float32)
-        n, c = len(df), label_set.num_classes
-        if annotated.shape != (n,) or probs.shape != (n, c) or latents.shape[:2] != (n, len(perspectives)):
-            raise DataError(f"artefact alignment has shapes annotated {annotated.shape}, soft_labels {probs.shape}, "
-                            f"latents {latents.shape}; expected ({n},), ({n}, {c}), ({n}, {len(perspectives)}, D)",
-                            path=self.annotations)
-        # The batch contract, whatever the artefact fills in for rows it does not cover.
-        probs[~annotated] = 1.0 / c
-        latents[~annotated] = 0.0
         rationales = [artefact_lib.format_rationales(aligned.rationales[i], perspectives) if annotated[i] else ""
-                      for i in range(n)]
-        arrays = {"annotated": annotated, "teacher_probs": probs, "latent_targets": latents}
-        return arrays, perspectives, latent_dim, rationales
+                      for i in range(len(df))]
+        arrays = {"annotated": annotated,
+                  "teacher_probs": np.asarray(aligned.soft_labels, dtype=np.float32),
+                  "latent_targets": np.asarray(aligned.latents, dtype=np.float32)}
+        return arrays, perspectives, int(ann.manifest.vector_dim), rationales
 
     # ----------------------------------------------------------------------------- properties
     def _require_setup(self) -> None:
@@ -362,8 +343,10 @@ class RelevanceDataModule(L.LightningDataModule):
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        self.train_sampler = EpochSeededSampler(len(self.dataset("train")), seed=self.seed)
-        return self._loader("train", self.batch_size, sampler=self.train_sampler)
+        loader = make_train_loader(self.dataset("train"), batch_size=self.batch_size, collate_fn=self._collate,
+                                   seed=self.seed, trainer=self.trainer, num_workers=self.num_workers)
+        self.train_sampler = loader.sampler
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.eval_batch_size)

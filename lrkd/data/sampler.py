@@ -63,7 +63,9 @@ def batches_done_this_epoch(trainer) -> int:
         loop = trainer.fit_loop
         if not loop.restarting:
             return 0
-        return int(loop.epoch_loop.batch_progress.current.completed)
+        # `processed`: batches whose training step ran (a checkpoint written in on_train_batch_end
+        # already holds their update; `completed` is only incremented after that hook)
+        return int(loop.epoch_loop.batch_progress.current.processed)
     except (AttributeError, RuntimeError):
         return 0
 

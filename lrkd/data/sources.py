@@ -499,12 +499,13 @@ class HomeDepotSource:
         if max_pairs is not None and int(max_pairs) < 1:
             raise ValueError(f"max_pairs must be >= 1 or None, got {max_pairs}")
         self.path = str(path)
+        self.thresholds = tuple(float(t) for t in thresholds)
         self.max_pairs = None if max_pairs is None else int(max_pairs)
         self.sample_seed = int(sample_seed)
         self._table = TableSource(
             self.path, columns={"query": "search_term", "item_id": "product_uid",
                                 "item_title": "product_title"},
-            label_column="relevance", thresholds=thresholds, format="csv", encoding=self.ENCODING)
+            label_column="relevance", thresholds=self.thresholds, format="csv", encoding=self.ENCODING)
 
     def resolve_path(self) -> str:
         """The file to read: ``path`` itself, or train.csv / train.csv.zip inside a folder."""
@@ -516,8 +517,14 @@ class HomeDepotSource:
             raise DataError(f"no {' or '.join(self.FILE_NAMES)} in this folder", path=self.path)
         return self.path
 
+    def read(self) -> RawTable:
+        return read_table(self.resolve_path(), format="csv", encoding=self.ENCODING)
+
     def load(self, label_set: LabelSet, duplicates: str = "error") -> pd.DataFrame:
-        table = read_table(self.resolve_path(), format="csv", encoding=self.ENCODING)
+        return self.frame_from(self.read(), label_set, duplicates)
+
+    def frame_from(self, table: RawTable, label_set: LabelSet, duplicates: str = "error") -> pd.DataFrame:
+        """The schema frame of an already read file (validated, graded, sampled to max_pairs)."""
         df = self._table.frame_from(table, label_set, duplicates)
         if self.max_pairs is not None:
             df = sample_queries(df, self.max_pairs, self.sample_seed)

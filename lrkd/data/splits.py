@@ -26,7 +26,8 @@ def split_by_query(query_ids: Sequence, fractions: Mapping[str, float] | None = 
                the set of (query id, pair count), not on the row order.
 
     Returns split name -> sorted int64 array of row indices; the arrays partition ``range(N)``.
-    Every split with a positive fraction gets at least one query when there are enough queries.
+    Every split with a positive fraction gets at least one query when there are as many queries as
+    such splits (then a split may miss its target by more than one query's size).
     """
     fractions = dict(DEFAULT_FRACTIONS if fractions is None else fractions)
     if not fractions:
@@ -46,16 +47,25 @@ def split_by_query(query_ids: Sequence, fractions: Mapping[str, float] | None = 
     target_pairs = target * n_rows
     assigned = np.zeros(len(names))
     split_of_query = np.empty(len(pairs_per_query), dtype=np.int64)
-    # First give each split with a positive target one query, so none is empty; then deal the rest
-    # to the split with the largest shortfall (ties: the earlier split).
-    seeds = [k for k in range(len(names)) if target[k] > 0]
-    for position, q in enumerate(order):
-        if position < len(seeds):
-            k = seeds[position]
-        else:
-            shortfall = np.where(target > 0, target_pairs - assigned, -np.inf)
-            k = int(np.argmax(shortfall))
+    active = target > 0
+    for q in order:  # deal each query to the split furthest below its target (ties: the earlier split)
+        k = int(np.argmax(np.where(active, target_pairs - assigned, -np.inf)))
         split_of_query[q] = k
+        assigned[k] += pairs_per_query[q]
+    # A split with a positive target left without a query (a few large queries took everything) gets
+    # the smallest query of the split furthest above its target among those holding >= 2 queries.
+    for k in np.flatnonzero(active):
+        if (split_of_query == k).any():
+            continue
+        counts = np.bincount(split_of_query, minlength=len(names))
+        donors = np.flatnonzero(counts >= 2)
+        if len(donors) == 0:
+            break  # fewer queries than splits
+        donor = donors[np.argmax((assigned - target_pairs)[donors])]
+        members = np.flatnonzero(split_of_query == donor)
+        q = members[np.argmin(pairs_per_query[members])]
+        split_of_query[q] = k
+        assigned[donor] -= pairs_per_query[q]
         assigned[k] += pairs_per_query[q]
 
     split_of_row = split_of_query[codes] if n_rows else np.empty(0, dtype=np.int64)

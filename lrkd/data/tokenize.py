@@ -155,14 +155,16 @@ def _sha256_json(obj) -> str:
 
 
 def tokenizer_identity(tokenizer) -> dict:
-    """What the tokens of ``tokenizer`` depend on: its class, name, size, a hash of the vocabulary,
-    the special token ids, and (fast tokenizers) a hash of the normaliser / pre-tokeniser /
-    post-processor / model, without the per-call truncation and padding state."""
+    """What the tokens of ``tokenizer`` depend on: its class, name, size, a hash of the vocabulary
+    (token and id), the special token ids, and for fast tokenizers a hash of the rest of the
+    pipeline (normaliser, pre-tokeniser, post-processor, model settings, merges) without the
+    per-call truncation and padding state."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: (kv[1], kv[0]))
     ident = {
         "class": type(tokenizer).__name__,
         "name_or_path": str(getattr(tokenizer, "name_or_path", "")),
         "vocab_size": len(tokenizer),
-        "vocab_sha256": _sha256_json(sorted(tokenizer.get_vocab().items())),
+        "vocab_sha256": hashlib.sha256("\n".join(f"{i}\t{t}" for t, i in vocab).encode("utf-8")).hexdigest(),
         "special_ids": [getattr(tokenizer, f"{t}_token_id", None) for t in ("cls", "sep", "bos", "eos", "pad", "unk")],
         "model_input_names": list(getattr(tokenizer, "model_input_names", [])),
     }
@@ -171,6 +173,8 @@ def tokenizer_identity(tokenizer) -> dict:
         spec = json.loads(backend.to_str())
         spec.pop("truncation", None)
         spec.pop("padding", None)
+        if isinstance(spec.get("model"), dict):
+            spec["model"].pop("vocab", None)  # covered by vocab_sha256
         ident["backend_sha256"] = _sha256_json(spec)
     return ident
 

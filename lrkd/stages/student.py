@@ -24,6 +24,13 @@ def _instantiate_group(cfg: DictConfig | None) -> list:
     return [instantiate(node) for node in cfg.values() if node is not None and "_target_" in node]
 
 
+def without_logger_callbacks(callbacks: list, loggers: list) -> list:
+    """Drop callbacks that need a logger (LearningRateMonitor) when there is none (logger=none)."""
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    return callbacks if loggers else [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+
+
 def finish_wandb() -> None:
     """End the W&B run of this job, if any, so the next job of a multirun starts its own."""
     import sys
@@ -55,8 +62,8 @@ def run_student(cfg: DictConfig) -> dict:
     counts = model.parameter_counts()
     log.info("parameters: %s", counts)
 
-    callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
+    callbacks = without_logger_callbacks(_instantiate_group(cfg.get("callbacks")), loggers)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in trainer.loggers:
         lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True),

@@ -10,6 +10,7 @@ Built from plain config dicts (so a checkpoint's hyper-parameters load with ``we
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
@@ -84,6 +85,9 @@ class StudentModule(L.LightningModule):
         has_relevance = bool(data_spec.get("has_relevance", False))
         self.val_metrics = RelevanceMetrics(self.label_set, prefix="val/", has_relevance=has_relevance)
         self.test_metrics = RelevanceMetrics(self.label_set, prefix="test/", has_relevance=has_relevance)
+        # from_pretrained returns modules in eval mode, and Lightning keeps each module's mode:
+        # without this, the encoder's dropout would be off during training.
+        self.train()
 
     # ----------------------------------------------------------------------------------- model
     def parameter_counts(self) -> dict[str, int]:
@@ -165,6 +169,23 @@ class StudentModule(L.LightningModule):
         return self.predict_logits(*(batch.get(k) for k in INPUT_KEYS)).softmax(-1)
 
     # ------------------------------------------------------------------------------- optimizer
+    def _total_training_steps(self) -> int:
+        """Optimizer steps of the whole fit, for the LR schedule.
+
+        Computed from the data module rather than ``trainer.estimated_stepping_batches``: that
+        property builds the train loader before a checkpoint is restored, and the loader must be
+        built after the restore to resume mid-epoch at the right batch.
+        """
+        t = self.trainer
+        if t.max_steps is not None and t.max_steps > 0:
+            return int(t.max_steps)
+        n = getattr(t.datamodule, "num_train_batches", None)
+        if n is None or t.fast_dev_run or t.max_epochs is None or t.max_epochs < 0:
+            return max(int(t.estimated_stepping_batches), 1)
+        limit = t.limit_train_batches
+        n = min(n, limit) if isinstance(limit, int) else int(n * float(limit))
+        return max(1, math.ceil(n / t.accumulate_grad_batches) * t.max_epochs)
+
     def configure_optimizers(self):
         opt = dict(self.hparams.optimizer)
         lr = float(opt.get("lr", 5e-5))
@@ -181,7 +202,7 @@ class StudentModule(L.LightningModule):
                          "weight_decay": 0.0 if no_decay else wd} for (part, no_decay), ps in groups.items()]
         optimizer = torch.optim.AdamW(param_groups, betas=tuple(opt.get("betas", (0.9, 0.999))),
                                       eps=float(opt.get("eps", 1e-8)))
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        total = self._total_training_steps()
         warmup = int(float(opt.get("warmup_ratio", 0.1)) * total)
 
         def schedule(step: int) -> float:  # linear warm-up, then linear decay to 0
