@@ -128,15 +128,15 @@ def test_resume_after_kill_matches_uninterrupted_run(make_cfg, tmp_path):
         _fit(cfg, extra_callbacks=[KillAtStep(4)])
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
     assert last.exists()
-    assert torch.load(last, weights_only=True)["global_step"] == 4
+    at_kill = torch.load(last, weights_only=True)
+    assert at_kill["global_step"] == 4
 
     resumed, trainer = _fit(make_cfg(*common, output_dir=tmp_path / "killed"), ckpt_path=str(last))
     assert trainer.global_step == 12
     for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=f"{name} differs after resume")
     # and training moved the weights after the resume: the comparison is not vacuous
-    at_kill = torch.load(last, weights_only=True)["state_dict"]["classifier.1.weight"]
-    assert not torch.allclose(at_kill, resumed.classifier[1].weight)
+    assert not torch.allclose(at_kill["state_dict"]["classifier.1.weight"], resumed.classifier[1].weight)
 
 
 def test_nan_loss_stops_with_step_and_batch(make_cfg, monkeypatch):
