@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lrkd.student.module import StudentModule
+from lrkd.sweep import apply_wandb_identity, finish_wandb, log_test_extras
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +29,6 @@ def without_logger_callbacks(callbacks: list, loggers: list) -> list:
     from lightning.pytorch.callbacks import LearningRateMonitor
 
     return callbacks if loggers else [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-
-
-def finish_wandb() -> None:
-    """End the W&B run of this job, if any, so the next job of a multirun starts its own."""
-    import sys
-
-    if "wandb" in sys.modules:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()
 
 
 def run_student(cfg: DictConfig) -> dict:
@@ -62,6 +51,7 @@ def run_student(cfg: DictConfig) -> dict:
     counts = model.parameter_counts()
     log.info("parameters: %s", counts)
 
+    apply_wandb_identity(cfg)  # W&B: group = the sweep, name and tags = the job's overrides
     loggers = _instantiate_group(cfg.get("logger"))
     callbacks = without_logger_callbacks(_instantiate_group(cfg.get("callbacks")), loggers)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -71,17 +61,25 @@ def run_student(cfg: DictConfig) -> dict:
 
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        # the last validation's metrics: trainer.test() clears callback_metrics
+        val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not ckpt:
             log.warning("no best checkpoint (no validation ran?): testing the weights in memory")
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-        val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if trainer.is_global_zero:
+            log_test_extras(trainer.loggers, getattr(model, "test_confusion", None), metrics,
+                            datamodule.spec.label_set.names)
         result = {**metrics, **{f"params/{k}": v for k, v in counts.items()},
                   "best_checkpoint": ckpt, "wall_time_s": round(time.time() - started, 1)}
         if cfg.get("optimized_metric"):
             key = cfg.optimized_metric
-            result["optimized_metric"] = {**val, **metrics}.get(key)
+            best = trainer.checkpoint_callback
+            if best is not None and best.monitor == key and best.best_model_score is not None:
+                result["optimized_metric"] = float(best.best_model_score)  # the tested checkpoint's score
+            else:
+                result["optimized_metric"] = {**val, **metrics}.get(key)
         if trainer.is_global_zero:
             output_dir.mkdir(parents=True, exist_ok=True)
             with open(output_dir / "metrics.json", "w") as f:
@@ -102,5 +100,4 @@ def print_metrics(metrics: dict, title: str = "metrics") -> None:
     print("\n".join(lines), flush=True)
 
 
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+run = run_student

@@ -22,7 +22,7 @@ from torch import nn
 from lrkd.data.batch import AUG_PREFIX, INPUT_KEYS
 from lrkd.data.schema import LabelSet
 from lrkd.metrics import RelevanceMetrics
-from lrkd.student.encoder import count_parameters, load_encoder, pool
+from lrkd.student.encoder import count_parameters, load_encoder, match_features, pool, pooled_dim
 
 
 class NonFiniteLossError(RuntimeError):
@@ -72,7 +72,8 @@ class StudentModule(L.LightningModule):
         hidden = int(self.encoder.config.hidden_size)
         self.extractor = instantiate(extractor, hidden_size=hidden, num_perspectives=len(self.perspectives))
         self.classifier = nn.Sequential(nn.Dropout(float(encoder.get("classifier_dropout", 0.1))),
-                                        nn.Linear(hidden + int(self.extractor.output_dim), self.label_set.num_classes))
+                                        nn.Linear(pooled_dim(hidden, self.pooling) + int(self.extractor.output_dim),
+                                                  self.label_set.num_classes))
         self.loss_fn = instantiate(loss)
 
         latent_dim = int(data_spec.get("latent_dim") or 0)
@@ -99,12 +100,15 @@ class StudentModule(L.LightningModule):
         return counts
 
     def _features(self, input_ids, attention_mask, token_type_ids=None):
-        """-> (pooled h [B,H], z [B,K,Dz] | None, logits [B,C])."""
+        """-> (pooled h [B,H] (or [B,2H+1] for pooling "match"), z [B,K,Dz] | None, logits [B,C])."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and getattr(self.encoder.config, "type_vocab_size", 0) > 1:
             kwargs["token_type_ids"] = token_type_ids
         states = self.encoder(**kwargs).last_hidden_state
-        h = pool(states, attention_mask, self.pooling)
+        if self.pooling == "match":
+            h = match_features(states, attention_mask, token_type_ids)
+        else:
+            h = pool(states, attention_mask, self.pooling)
         z = self.extractor(states, attention_mask)
         features = h if z is None else torch.cat([h, z.flatten(1)], dim=-1)
         return h, z, self.classifier(features)
@@ -190,6 +194,8 @@ class StudentModule(L.LightningModule):
         opt = dict(self.hparams.optimizer)
         lr = float(opt.get("lr", 5e-5))
         head_lr = float(opt.get("head_lr") or lr)
+        if not (lr > 0 and head_lr > 0):
+            raise ValueError(f"learning rates must be positive: optimizer.lr={lr}, optimizer.head_lr={head_lr}")
         wd = float(opt.get("weight_decay", 0.01))
         groups: dict[tuple[str, bool], list] = {}
         for name, p in self.named_parameters():

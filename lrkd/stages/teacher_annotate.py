@@ -1,0 +1,104 @@
+"""The teacher_annotate stage: the trained teacher labels the transfer pool and writes the artefact.
+
+The teacher is ``stage.source``: ``dpo`` (``<work_dir>/dpo/model``), ``sft``, or ``base`` (the
+configured teacher untouched). The pool: the pairs of ``stage.splits`` (``all`` = every pair,
+labelled or not), at most ``stage.max_pairs`` (a seeded subset). The artefact
+(:mod:`lrkd.artefact`) is ``<work_dir>/annotations/`` itself, written shard by shard by
+:func:`lrkd.teacher.annotate.annotate_pool`: a killed run, started again with the same config,
+resumes after the last finished shard. An unfinished artefact of another fingerprint is removed.
+The student reads it with ``data.annotations=<work_dir>/annotations``.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+
+from omegaconf import DictConfig
+
+from lrkd.stages.teacher_common import (MODEL_FOLDER, evaluate_on_test, fingerprint_config, inference_device,
+                                        load_pairs, plain, pool_rows, require_finished, stage_folder)
+from lrkd.stages.work_dir import clear_stage_record, is_up_to_date, read_stage_record, stage_fingerprint, write_stage_record
+
+log = logging.getLogger(__name__)
+
+STAGE = "teacher_annotate"
+SOURCES = {"dpo": "teacher_dpo", "sft": "teacher_sft", "base": None}
+
+
+def _teacher(cfg: DictConfig):
+    """(model_dir or None, the source stage's fingerprint or "base")."""
+    source = str(cfg.stage.source)
+    if source not in SOURCES:
+        raise ValueError(f"stage.source must be one of {sorted(SOURCES)}, got {source!r}")
+    if SOURCES[source] is None:
+        return None, "base"
+    folder, record = require_finished(cfg, SOURCES[source])
+    return folder / MODEL_FOLDER, record["fingerprint"]
+
+
+def _clear_other_artefact(out, fingerprint: str) -> None:
+    """Remove an artefact in ``out`` that was started under another fingerprint (not resumable)."""
+    from lrkd.artefact import MANIFEST_NAME, read_manifest
+
+    if (out / MANIFEST_NAME).is_file():
+        if read_manifest(out).extra.get("stage_fingerprint") == fingerprint:
+            return
+        log.warning("teacher_annotate: %s holds an artefact of other inputs or settings: starting over", out)
+    if out.exists():
+        shutil.rmtree(out)
+
+
+def run_teacher_annotate(cfg: DictConfig) -> dict:
+    """Annotate (or reuse, or resume); returns the stage metrics and ``reused``."""
+    from lrkd.artefact import ArtefactWriter
+    from lrkd.teacher.annotate import SentenceEmbedder, annotate_pool
+    from lrkd.teacher.module import load_trained_teacher
+    from lrkd.teacher.prompts import perspectives_from_config
+
+    started = time.time()
+    out = stage_folder(cfg, STAGE)
+    model_dir, source_fingerprint = _teacher(cfg)
+    dm = load_pairs(cfg)
+    fingerprint = stage_fingerprint(fingerprint_config(cfg), [source_fingerprint, dm.fingerprint])
+    if is_up_to_date(out, fingerprint):
+        log.info("teacher_annotate: %s is up to date (fingerprint %s...): reusing it", out, fingerprint[:12])
+        return {**read_stage_record(out)["metrics"], "artefact": str(out), "reused": True}
+
+    clear_stage_record(out)
+    _clear_other_artefact(out, fingerprint)
+    perspectives = perspectives_from_config(cfg.perspective)
+    grade_names = list(dm.label_set.names)
+    model, tokenizer = load_trained_teacher(cfg.teacher, model_dir)
+    model.to(inference_device(cfg))
+    latent = str(cfg.stage.latent)
+    embedder = None
+    if latent == "sentence_encoder":
+        embedder = SentenceEmbedder(str(cfg.stage.encoder), max_length=int(cfg.stage.get("encoder_max_length", 256)))
+        embedder.model.to(inference_device(cfg))
+        vector_dim = embedder.dim
+    else:
+        text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        vector_dim = int(text_config.hidden_size)
+    rows = pool_rows(dm.frame, dm.splits, plain(cfg.stage.splits), cfg.stage.get("max_pairs"), int(cfg.seed))
+    teacher_id = f"{cfg.teacher.name}:{cfg.stage.source}" + (f" ({model_dir})" if model_dir else "")
+    writer = ArtefactWriter(out, teacher_id=teacher_id, perspectives=[p.name for p in perspectives],
+                            label_names=grade_names, vector_dim=vector_dim, dataset_fingerprint=dm.fingerprint,
+                            extra={"stage_fingerprint": fingerprint, "source": str(cfg.stage.source),
+                                   "latent": latent, "encoder": embedder.name if embedder else None,
+                                   "pool_size": int(len(rows)), "teacher": plain(cfg.teacher)})
+    stats = annotate_pool(model, tokenizer, dm.frame, rows, perspectives, grade_names, writer,
+                          batch_size=int(cfg.stage.batch_size), max_new_tokens=int(cfg.stage.max_new_tokens),
+                          latent=latent, embedder=embedder, shard_size=int(cfg.stage.shard_size))
+    manifest = writer.finalize()
+    metrics = {"pairs": int(manifest.num_rows), "shards": len(manifest.shards), "written_now": stats.written,
+               "resumed_pairs": stats.resumed, "vector_dim": vector_dim,
+               **{f"parse_errors/{k}": v for k, v in sorted(stats.parse_errors.items())},
+               "parse_rate": 1.0 - sum(stats.parse_errors.values()) / max(stats.written, 1),
+               **evaluate_on_test(cfg, model, tokenizer, dm, perspectives, f"annotate_{cfg.stage.source}")}
+    write_stage_record(out, STAGE, fingerprint, time.time() - started, metrics)
+    log.info("teacher_annotate: %d pairs annotated into %s: %s", manifest.num_rows, out, metrics)
+    return {**metrics, "artefact": str(out), "reused": False}
+
+
+run = run_teacher_annotate

@@ -1,0 +1,123 @@
+"""The teacher_dpo stage: preference optimisation of the SFT teacher on conflict samples.
+
+Reads ``<work_dir>/generations/`` and ``<work_dir>/sft/model/``, builds preference pairs
+(:func:`lrkd.teacher.examples.preference_pairs`, at most ``stage.max_pairs``), trains with the
+sigmoid DPO loss (:class:`lrkd.teacher.module.TeacherDPOModule`; reference = the SFT model: its
+adapter disabled under LoRA, else log-probs computed once before training and kept in
+``dpo/reference_logps.npz``), and writes ``<work_dir>/dpo/``: ``model/``, ``pairs.jsonl``,
+``stage.json``. Without any conflict sample, ``dpo/model`` stands for the SFT model unchanged.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from omegaconf import DictConfig
+
+from lrkd.data.schema import DataError
+from lrkd.stages.teacher_common import (MODEL_FOLDER, TrainLoader, build_trainer, evaluate_on_test,
+                                        finish_training, fingerprint_config, inference_device, load_pairs,
+                                        require_finished, resume_checkpoint, stage_folder, trained_metrics)
+from lrkd.stages.teacher_sft import optimizer_config
+from lrkd.stages.work_dir import clear_stage_record, is_up_to_date, read_stage_record, stage_fingerprint, write_stage_record
+
+log = logging.getLogger(__name__)
+
+STAGE = "teacher_dpo"
+REFERENCE_FILE = "reference_logps.npz"
+
+
+def reference_logprobs(module, dataset, pad_id: int, path: Path, fingerprint: str, batch_size: int):
+    """The SFT model's log-probs of the pairs, computed once (before training) and kept in ``path``:
+    a resumed run reads them instead of recomputing them from half-trained weights."""
+    from lrkd.teacher.module import precompute_reference_logprobs
+
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["fingerprint"]) == fingerprint and len(z["chosen"]) == len(dataset):
+                return z["chosen"], z["rejected"]
+    chosen, rejected = precompute_reference_logprobs(module.model, dataset, pad_id, batch_size=batch_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, chosen=chosen, rejected=rejected, fingerprint=np.array(fingerprint))
+    tmp.replace(path)
+    return chosen, rejected
+
+
+def run_teacher_dpo(cfg: DictConfig) -> dict:
+    """Train with DPO (or reuse); returns the stage metrics and ``reused``."""
+    from lrkd.stages.student import finish_wandb
+    from lrkd.teacher.examples import (PreferenceCollator, PreferenceDataset, fits, preference_pairs,
+                                       tokenize_prompt_completions, write_examples_jsonl)
+    from lrkd.teacher.generate import read_generations
+    from lrkd.teacher.module import TeacherDPOModule, load_trained_teacher, save_alias
+    from lrkd.teacher.prompts import perspectives_from_config
+
+    started = time.time()
+    out = stage_folder(cfg, STAGE)
+    gen_dir, gen_record = require_finished(cfg, "teacher_generate")
+    sft_dir, sft_record = require_finished(cfg, "teacher_sft")
+    dm = load_pairs(cfg)
+    fingerprint = stage_fingerprint(fingerprint_config(cfg), [gen_record["fingerprint"], sft_record["fingerprint"],
+                                                              dm.fingerprint])
+    if is_up_to_date(out, fingerprint):
+        log.info("teacher_dpo: %s is up to date (fingerprint %s...): reusing it", out, fingerprint[:12])
+        return {**read_stage_record(out)["metrics"], "reused": True}
+
+    clear_stage_record(out)
+    ckpt = resume_checkpoint(out, fingerprint)
+    L.seed_everything(int(cfg.seed), workers=True)
+    perspectives = perspectives_from_config(cfg.perspective)
+    sft_model = sft_dir / MODEL_FOLDER
+    module = TeacherDPOModule(teacher=cfg.teacher, optimizer=optimizer_config(cfg.stage), init_from=str(sft_model),
+                              beta=float(cfg.stage.beta))
+    tokenizer = module.tokenizer
+    pairs = preference_pairs(read_generations(gen_dir), dm.frame, perspectives, list(dm.label_set.names), tokenizer,
+                             max_pairs=cfg.stage.get("max_pairs"))
+    write_examples_jsonl(out / "pairs.jsonl", pairs)
+    prompts = [p.prompt for p in pairs]
+    chosen = tokenize_prompt_completions(tokenizer, prompts, [p.chosen for p in pairs], cfg.paths.cache_dir)
+    rejected = tokenize_prompt_completions(tokenizer, prompts, [p.rejected for p in pairs], cfg.paths.cache_dir)
+    keep = (fits(chosen, int(cfg.stage.max_length)) & fits(rejected, int(cfg.stage.max_length))).nonzero()[0]
+    metrics = {"pairs": int(len(keep)), "pairs_too_long": int(len(pairs) - len(keep))}
+
+    if len(keep) == 0:
+        if pairs:
+            raise DataError(f"every preference pair is longer than stage.max_length={cfg.stage.max_length} "
+                            f"tokens; raise it", path=str(out / "pairs.jsonl"))
+        log.warning("teacher_dpo: no conflict sample in %s (no wrong rationale next to a correct set): the DPO "
+                    "teacher is the SFT teacher unchanged", gen_dir)
+        save_alias(out / MODEL_FOLDER, sft_model)
+        finish_training(out, False)
+        if cfg.stage.get("evaluate", False):
+            model, tok = load_trained_teacher(cfg.teacher, out / MODEL_FOLDER)
+            metrics.update(evaluate_on_test(cfg, model, tok, dm, perspectives, "dpo"))
+        write_stage_record(out, STAGE, fingerprint, time.time() - started, metrics)
+        return {**metrics, "reused": False}
+
+    dataset = PreferenceDataset(chosen, rejected, keep)
+    if module.needs_precomputed_reference:
+        module.model.to(inference_device(cfg))
+        dataset.set_reference(*reference_logprobs(module, dataset, tokenizer.pad_token_id, out / REFERENCE_FILE,
+                                                  fingerprint, int(cfg.stage.get("reference_batch_size", 8))))
+    data = TrainLoader(dataset, int(cfg.stage.batch_size), PreferenceCollator(tokenizer.pad_token_id), int(cfg.seed))
+    trainer = build_trainer(cfg, out, int(cfg.stage.epochs))
+    try:
+        module.train()
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt, weights_only=True)
+        metrics.update(trained_metrics(trainer))
+        metrics["steps"] = int(trainer.global_step)
+    finally:
+        finish_wandb()
+    module.save_model(out / MODEL_FOLDER)
+    finish_training(out, bool(cfg.stage.get("keep_checkpoints", False)))
+    metrics.update(evaluate_on_test(cfg, module.model, tokenizer, dm, perspectives, "dpo"))
+    write_stage_record(out, STAGE, fingerprint, time.time() - started, metrics)
+    log.info("teacher_dpo: %s", metrics)
+    return {**metrics, "reused": False}
+
+
+run = run_teacher_dpo

@@ -1,0 +1,98 @@
+"""The teacher_sft stage: supervised fine-tuning of the teacher on its kept MPCoT rationales.
+
+Reads ``<work_dir>/generations/`` (teacher_generate), builds the SFT examples
+(:func:`lrkd.teacher.examples.sft_examples`), fine-tunes the base teacher (full, or a LoRA adapter
+when ``teacher.lora`` is set) with a Lightning trainer, and writes ``<work_dir>/sft/``:
+``model/`` (the trained teacher, :func:`lrkd.teacher.module.save_teacher`), ``examples.jsonl``,
+``stage.json``. Reused when its fingerprint (this config, the generations and the dataset) is
+unchanged; a killed run resumes from ``sft/checkpoints/last.ckpt``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import lightning as L
+from omegaconf import DictConfig
+
+from lrkd.data.schema import DataError
+from lrkd.stages.teacher_common import (MODEL_FOLDER, TrainLoader, build_trainer, evaluate_on_test,
+                                        finish_training, fingerprint_config, load_pairs, require_finished,
+                                        resume_checkpoint, stage_folder, trained_metrics)
+from lrkd.stages.work_dir import clear_stage_record, is_up_to_date, read_stage_record, stage_fingerprint, write_stage_record
+
+log = logging.getLogger(__name__)
+
+STAGE = "teacher_sft"
+
+
+def optimizer_config(stage: DictConfig) -> dict:
+    return {"lr": float(stage.lr), "weight_decay": float(stage.get("weight_decay", 0.0)),
+            "warmup_ratio": float(stage.get("warmup_ratio", 0.0))}
+
+
+def run_teacher_sft(cfg: DictConfig) -> dict:
+    """Fine-tune (or reuse); returns the stage metrics and ``reused``."""
+    from lrkd.stages.student import finish_wandb
+    from lrkd.teacher.examples import (CompletionCollator, CompletionDataset, fits, sft_examples,
+                                       tokenize_prompt_completions, write_examples_jsonl)
+    from lrkd.teacher.generate import read_generations
+    from lrkd.teacher.module import TeacherSFTModule
+    from lrkd.teacher.prompts import perspectives_from_config
+
+    started = time.time()
+    out = stage_folder(cfg, STAGE)
+    gen_dir, gen_record = require_finished(cfg, "teacher_generate")
+    dm = load_pairs(cfg)
+    fingerprint = stage_fingerprint(fingerprint_config(cfg), [gen_record["fingerprint"], dm.fingerprint])
+    if is_up_to_date(out, fingerprint):
+        log.info("teacher_sft: %s is up to date (fingerprint %s...): reusing it", out, fingerprint[:12])
+        return {**read_stage_record(out)["metrics"], "reused": True}
+
+    clear_stage_record(out)
+    ckpt = resume_checkpoint(out, fingerprint)
+    L.seed_everything(int(cfg.seed), workers=True)
+    perspectives = perspectives_from_config(cfg.perspective)
+    grade_names = list(dm.label_set.names)
+    module = TeacherSFTModule(teacher=cfg.teacher, optimizer=optimizer_config(cfg.stage))
+    tokenizer = module.tokenizer
+
+    examples = sft_examples(read_generations(gen_dir), dm.frame, perspectives, grade_names, tokenizer)
+    if cfg.stage.get("max_examples") is not None:
+        examples = examples[:int(cfg.stage.max_examples)]
+    if not examples:
+        raise DataError(f"no SFT example: no generated pair has a correct rationale for every perspective "
+                        f"(see {gen_dir / 'stats.json'}). Sample more (stage.n, stage.max_pairs of teacher_generate) "
+                        f"or use a stronger teacher", path=str(gen_dir))
+    write_examples_jsonl(out / "examples.jsonl", examples)
+    view = tokenize_prompt_completions(tokenizer, [e.prompt for e in examples], [e.completion for e in examples],
+                                       cfg.paths.cache_dir)
+    keep = fits(view, int(cfg.stage.max_length)).nonzero()[0]
+    if len(keep) == 0:
+        raise DataError(f"every SFT example is longer than stage.max_length={cfg.stage.max_length} tokens "
+                        f"(shortest: {int(view.lengths.min())}); raise it", path=str(out / "examples.jsonl"))
+    if len(keep) < len(examples):
+        log.warning("teacher_sft: %d of %d examples exceed max_length=%d tokens and are left out",
+                    len(examples) - len(keep), len(examples), cfg.stage.max_length)
+
+    metrics = {"examples": int(len(keep)), "examples_too_long": int(len(examples) - len(keep)),
+               **evaluate_on_test(cfg, module.model, tokenizer, dm, perspectives, "zero_shot")}
+    data = TrainLoader(CompletionDataset(view, keep), int(cfg.stage.batch_size),
+                       CompletionCollator(tokenizer.pad_token_id), int(cfg.seed))
+    trainer = build_trainer(cfg, out, int(cfg.stage.epochs))
+    try:
+        module.train()
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt, weights_only=True)
+        metrics.update(trained_metrics(trainer))
+        metrics["steps"] = int(trainer.global_step)
+    finally:
+        finish_wandb()
+    module.save_model(out / MODEL_FOLDER)
+    finish_training(out, bool(cfg.stage.get("keep_checkpoints", False)))
+    metrics.update(evaluate_on_test(cfg, module.model, tokenizer, dm, perspectives, "sft"))
+    write_stage_record(out, STAGE, fingerprint, time.time() - started, metrics)
+    log.info("teacher_sft: %s", metrics)
+    return {**metrics, "reused": False}
+
+
+run = run_teacher_sft

