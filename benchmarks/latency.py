@@ -356,25 +356,29 @@ def main(argv=None) -> dict:
     del runners, modules
     workdir.cleanup()
 
+    def report(teacher: dict | None, final: bool) -> dict:
+        """Assemble, and write the JSON (also before the teacher runs, so a killed run keeps the students)."""
+        result = {"meta": {"date": started.isoformat(timespec="seconds"), "machine": machine(),
+                           "threads": args.threads, "load_average_before": load_before,
+                           "load_average_after": os.getloadavg(), "args": vars(args), "complete": final,
+                           "wall_s": (dt.datetime.now(dt.timezone.utc) - started).total_seconds()},
+                  "rows": rows, "teacher": teacher, "ratios": ratios(rows, teacher, extractors, onnx_extractors)}
+        result["markdown"] = markdown(result)
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        return result
+
     teacher = None
     if not args.no_teacher:
-        print(f"teacher: {args.teacher_pairs} pairs x {len(PERSPECTIVES)} perspectives x {args.teacher_tokens} tokens",
-              flush=True)
+        report(None, final=False)
+        print(f"teacher: {args.teacher_pairs} pairs x {len(PERSPECTIVES)} perspectives x {args.teacher_tokens} "
+              "tokens", flush=True)
         teacher = teacher_cost(args.teacher_tokens, args.teacher_pairs)
-
-    result = {"meta": {"date": started.isoformat(timespec="seconds"), "machine": machine(), "threads": args.threads,
-                       "load_average_before": load_before, "load_average_after": os.getloadavg(),
-                       "args": vars(args), "wall_s": (dt.datetime.now(dt.timezone.utc) - started).total_seconds()},
-              "rows": rows, "teacher": teacher, "ratios": ratios(rows, teacher, extractors, onnx_extractors)}
-    table = markdown(result)
-    result["markdown"] = table
-    print(table)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    result = report(teacher, final=True)
+    print(result["markdown"])
+    print(f"wrote {args.output}")
     return result
-
 
 if __name__ == "__main__":
     main()

@@ -585,7 +585,7 @@ def _batches(rows: Iterable[InputRow], size: int) -> Iterator[list[InputRow]]:
 
 def resolve_text_fields(given: Sequence[str] | None, config: ServingConfig, source: PairFile) -> tuple[str, ...]:
     """The item-text fields: given > the model's recorded ones > a Parquet file's pandas attrs >
-    none (with a warning naming the columns left unused)."""
+    none (with a warning that names the file's columns)."""
     if given is not None:
         return tuple(given)
     if config.text_fields is not None:
@@ -593,8 +593,9 @@ def resolve_text_fields(given: Sequence[str] | None, config: ServingConfig, sour
     if source.text_fields_hint is not None:
         log.info("text fields from the Parquet file's metadata: %s", list(source.text_fields_hint))
         return tuple(source.text_fields_hint)
-    log.warning("the model does not record its item-text fields and none were given: the item text is "
-                "the title only. Pass --text-fields (e.g. brand,description,attributes) to match training.")
+    log.warning("the model does not record its item-text fields and none were given: the item text is the "
+                "title only. Pass --text-fields (e.g. brand,description,attributes) to match training; the "
+                "file's columns: %s", source.columns if source.columns is not None else "(JSONL: per line)")
     return ()
 
 

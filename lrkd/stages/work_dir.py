@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 log = logging.getLogger(__name__)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 STAGE_RECORD = "stage.json"
 
@@ -71,6 +73,7 @@ def write_stage_record(directory, stage: str, fingerprint: str, wall_time_s: flo
               "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "metrics": _plain(dict(metrics))}
     fd, tmp = tempfile.mkstemp(prefix=f".{STAGE_RECORD}.", suffix=".tmp", dir=directory)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; the record is an ordinary file
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(record, f, indent=2, sort_keys=True, default=str)

@@ -18,7 +18,7 @@ import os
 import random
 import threading
 import time
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping, Protocol, runtime_checkable
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -351,8 +351,6 @@ class PreferenceCollator:
 
 def write_examples_jsonl(path: str | os.PathLike, examples: Sequence[Any]) -> None:
     """The built examples or pairs as JSON lines (for inspection next to a stage's outputs)."""
-    from dataclasses import asdict
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:

@@ -36,6 +36,8 @@ from lrkd.teacher.parse import parse_single
 from lrkd.teacher.prompts import Perspective, render_perspective_prompt
 
 log = logging.getLogger(__name__)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 # query_id, item_id (str): the pair; perspective (name); sample (0..n-1); text: the raw completion;
 # rationale: parsed (the whole text when no label was found); label: the parsed grade name or None;
@@ -83,6 +85,7 @@ def _sha256(obj) -> str:
 
 def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; outputs are ordinary files
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

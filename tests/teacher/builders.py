@@ -7,12 +7,11 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
+from lrkd.teacher.generate import ROW_COLUMNS
 from lrkd.teacher.prompts import perspectives_from_config
 
 ROOT = Path(__file__).resolve().parents[2]
 GRADES = ["perfect", "good", "fair", "poor"]
-GENERATION_COLUMNS = ["query_id", "item_id", "perspective", "sample", "text", "rationale", "label", "parse_error",
-                      "correct", "gold"]
 
 
 def tiny_teacher_cfg(cache_dir, **overrides) -> dict:
@@ -52,4 +51,4 @@ def generation(qid, iid, perspective, sample, rationale, label, gold, parse_erro
 
 
 def generations_frame(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame.from_records(rows, columns=GENERATION_COLUMNS)
+    return pd.DataFrame.from_records(rows, columns=list(ROW_COLUMNS))
