@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"wrote {save_student_pretrained(module, args.hf_dir, max_length=config.max_length)}")
     if args.measure_quality:
-        report = quality_cost(args.checkpoint, out, int8_path(out))
+        report = quality_cost(args.checkpoint, out, int8_path(out), max_length=args.max_length)
         path = Path(out).with_suffix(".quality.json")
         path.write_text(json.dumps(report, indent=2) + "\n")
         print(format_quality(report))

@@ -207,7 +207,7 @@ def chorus_datamodule(tokenizer: str, max_length: int, batch_size: int = 64, cac
 
 def quality_cost(checkpoint: str | os.PathLike, onnx_fp32: str | os.PathLike, onnx_int8: str | os.PathLike,
                  *, split: str = "test", batch_size: int = 64, cache_dir: str | None = None,
-                 threads: int | None = None, progress: bool = True) -> dict:
+                 threads: int | None = None, progress: bool = True, max_length: int | None = None) -> dict:
     """Quality of the eager student, its fp32 ONNX export and the int8 one on a chorus_icecat split
     (default test; the split of conf/data/chorus_icecat.yaml, the one training used by default).
 
@@ -221,7 +221,7 @@ def quality_cost(checkpoint: str | os.PathLike, onnx_fp32: str | os.PathLike, on
     from lrkd.metrics import RelevanceMetrics
     from lrkd.serve.predict import load_student
 
-    module, config = load_student(checkpoint)
+    module, config = load_student(checkpoint, max_length=max_length)
     if config.label_set.num_classes != 4:
         raise ValueError(f"the checkpoint has {config.label_set.num_classes} classes; chorus_icecat has 4 grades")
     dm = chorus_datamodule(config.tokenizer, config.max_length, batch_size, cache_dir)

@@ -46,8 +46,10 @@ def run_student(cfg: DictConfig) -> dict:
         raise ValueError(f"loss terms {sorted(loss.active_terms)} need a teacher artefact: "
                          "set data.annotations=<artefact dir> (or use loss=ce)")
 
+    # the training max_length travels with the checkpoint, so predict/export tokenize the same way
+    data_spec = {**datamodule.spec.to_dict(), "max_length": int(cfg.data.max_length)}
     model = StudentModule(encoder=cfg.student, extractor=cfg.extractor, loss=cfg.loss,
-                          optimizer=cfg.optimizer, data_spec=datamodule.spec.to_dict())
+                          optimizer=cfg.optimizer, data_spec=data_spec)
     counts = model.parameter_counts()
     log.info("parameters: %s", counts)
 
