@@ -201,12 +201,26 @@ def _latency_records(path: Path | None) -> list[dict]:
         data = json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
         raise DataError(f"not valid JSON ({e.msg})", path=str(path), row=e.lineno) from None
+    if isinstance(data, dict) and isinstance(data.get("rows"), dict):
+        data = {"results": _records_from_latency_benchmark(data["rows"])}
     records = data.get("results") if isinstance(data, dict) else data
     if not isinstance(records, list):
         raise DataError('expected a list of records, or {"results": [...]}', path=str(path))
     for i, r in enumerate(records):
         if not isinstance(r, dict) or not isinstance(r.get(LATENCY_FIELD), (int, float)):
             raise DataError(f"record {i} has no numeric {LATENCY_FIELD!r}", path=str(path), column=LATENCY_FIELD)
+    return records
+
+
+def _records_from_latency_benchmark(rows: dict) -> list[dict]:
+    """benchmarks/latency.py's JSON (``rows: {"eager/<extractor>": {timings: {b1_s128: {median_ms}}}}``)
+    -> records ``{"extractor": <name>, "latency_ms": <batch-1, 128-token median>}`` of the eager rows."""
+    records = []
+    for name, row in rows.items():
+        kind, _, extractor = str(name).partition("/")
+        median = (row.get("timings", {}).get("b1_s128") or {}).get("median_ms")
+        if kind == "eager" and extractor and isinstance(median, (int, float)):
+            records.append({"extractor": extractor, LATENCY_FIELD: float(median)})
     return records
 
 

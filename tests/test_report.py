@@ -130,3 +130,18 @@ def test_bad_input_is_named(tmp_path, capsys):
         build_report(find_jobs([ABLATION]), metrics=["test/f2"], latency_file=NO_FILE)
     assert main([str(tmp_path / "missing")]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_latency_from_the_benchmark_json(tmp_path):
+    """benchmarks/latency.py's own JSON gives each extractor its batch-1, 128-token median."""
+    import json as _json
+
+    from lrkd.report import _latency_records
+
+    rows = {"eager/none": {"timings": {"b1_s128": {"median_ms": 30.0}}},
+            "eager/gat": {"timings": {"b1_s128": {"median_ms": 31.5}}},
+            "onnx-int8/none": {"timings": {"b1_s128": {"median_ms": 9.0}}}}
+    path = tmp_path / "latency.json"
+    path.write_text(_json.dumps({"meta": {}, "rows": rows}))
+    assert _latency_records(path) == [{"extractor": "none", "latency_ms": 30.0},
+                                      {"extractor": "gat", "latency_ms": 31.5}]

@@ -46,8 +46,10 @@ def run_student(cfg: DictConfig) -> dict:
         raise ValueError(f"loss terms {sorted(loss.active_terms)} need a teacher artefact: "
                          "set data.annotations=<artefact dir> (or use loss=ce)")
 
-    # the training max_length travels with the checkpoint, so predict/export tokenize the same way
-    data_spec = {**datamodule.spec.to_dict(), "max_length": int(cfg.data.max_length)}
+    # the training max_length and item-text fields travel with the checkpoint, so predict and
+    # export build the model input exactly as training did
+    data_spec = {**datamodule.spec.to_dict(), "max_length": int(cfg.data.max_length),
+                 "text_fields": list(datamodule.frame.attrs.get("text_fields", []))}
     model = StudentModule(encoder=cfg.student, extractor=cfg.extractor, loss=cfg.loss,
                           optimizer=cfg.optimizer, data_spec=data_spec)
     counts = model.parameter_counts()
