@@ -52,9 +52,16 @@ def test_each_option_composes_and_instantiates(make_cfg, tmp_path, group, option
             pytest.skip("no GPU")
         assert isinstance(instantiate(cfg.trainer), L.Trainer)
     elif group in ("logger", "callbacks"):
-        nodes = cfg.get(group) or {}
-        objs = [instantiate(n) for n in nodes.values() if n is not None]
-        assert len(objs) == len([n for n in nodes.values() if n is not None])
+        from lightning.pytorch.loggers import Logger
+
+        kind = Logger if group == "logger" else L.Callback
+        nodes = {k: n for k, n in (cfg.get(group) or {}).items() if n is not None}
+        objs = {k: instantiate(n) for k, n in nodes.items()}
+        assert all(isinstance(o, kind) for o in objs.values()), objs
+        if option not in ("none",):
+            assert objs, f"{group}={option} instantiates nothing"
+        if group == "callbacks" and option != "none":
+            assert any(type(o).__name__ == "RNGStateCheckpoint" for o in objs.values())
     elif group == "experiment":
         assert cfg.task_name == option
 

@@ -184,3 +184,30 @@ def evaluate_on_test(cfg: DictConfig, model, tokenizer, dm, perspectives, name: 
                               max_new_tokens=int(cfg.stage.get("eval_max_new_tokens", 256)))
     log.info("teacher (%s) on %d test pairs: %s", name, len(rows), result)
     return {f"eval/{name}/{k}": v for k, v in result.items()}
+
+
+def fit_save_and_record(cfg: DictConfig, module, data, out_dir: Path, ckpt: str | None, *, stage: str,
+                        fingerprint: str, started: float, metrics: dict, tokenizer, dm, perspectives,
+                        eval_name: str) -> dict:
+    """The shared tail of the SFT and DPO stages: fit ``module`` on ``data`` (resuming from
+    ``ckpt``), save the trained teacher into ``<out_dir>/model``, score it on the test split, and
+    write the stage record. Returns the stage's metrics with ``reused: False``."""
+    import time
+
+    from lrkd.stages.work_dir import write_stage_record
+    from lrkd.sweep import finish_wandb
+
+    trainer = build_trainer(cfg, out_dir, int(cfg.stage.epochs))
+    try:
+        module.train()
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt, weights_only=True)
+        metrics.update(trained_metrics(trainer))
+        metrics["steps"] = int(trainer.global_step)
+    finally:
+        finish_wandb()
+    module.save_model(out_dir / MODEL_FOLDER)
+    finish_training(out_dir, bool(cfg.stage.get("keep_checkpoints", False)))
+    metrics.update(evaluate_on_test(cfg, module.model, tokenizer, dm, perspectives, eval_name))
+    write_stage_record(out_dir, stage, fingerprint, time.time() - started, metrics)
+    log.info("%s: %s", stage, metrics)
+    return {**metrics, "reused": False}

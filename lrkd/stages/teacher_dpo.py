@@ -18,9 +18,9 @@ import numpy as np
 from omegaconf import DictConfig
 
 from lrkd.data.schema import DataError
-from lrkd.stages.teacher_common import (MODEL_FOLDER, TrainLoader, build_trainer, evaluate_on_test,
-                                        finish_training, fingerprint_config, inference_device, load_pairs,
-                                        require_finished, resume_checkpoint, stage_folder, trained_metrics)
+from lrkd.stages.teacher_common import (MODEL_FOLDER, TrainLoader, evaluate_on_test, finish_training,
+                                        fingerprint_config, fit_save_and_record, inference_device, load_pairs,
+                                        require_finished, resume_checkpoint, stage_folder)
 from lrkd.stages.teacher_sft import optimizer_config
 from lrkd.stages.work_dir import clear_stage_record, is_up_to_date, read_stage_record, stage_fingerprint, write_stage_record
 
@@ -49,7 +49,6 @@ def reference_logprobs(module, dataset, pad_id: int, path: Path, fingerprint: st
 
 def run_teacher_dpo(cfg: DictConfig) -> dict:
     """Train with DPO (or reuse); returns the stage metrics and ``reused``."""
-    from lrkd.stages.student import finish_wandb
     from lrkd.teacher.examples import (PreferenceCollator, PreferenceDataset, fits, preference_pairs,
                                        tokenize_prompt_completions, write_examples_jsonl)
     from lrkd.teacher.generate import read_generations
@@ -104,20 +103,9 @@ def run_teacher_dpo(cfg: DictConfig) -> dict:
         dataset.set_reference(*reference_logprobs(module, dataset, tokenizer.pad_token_id, out / REFERENCE_FILE,
                                                   fingerprint, int(cfg.stage.get("reference_batch_size", 8))))
     data = TrainLoader(dataset, int(cfg.stage.batch_size), PreferenceCollator(tokenizer.pad_token_id), int(cfg.seed))
-    trainer = build_trainer(cfg, out, int(cfg.stage.epochs))
-    try:
-        module.train()
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt, weights_only=True)
-        metrics.update(trained_metrics(trainer))
-        metrics["steps"] = int(trainer.global_step)
-    finally:
-        finish_wandb()
-    module.save_model(out / MODEL_FOLDER)
-    finish_training(out, bool(cfg.stage.get("keep_checkpoints", False)))
-    metrics.update(evaluate_on_test(cfg, module.model, tokenizer, dm, perspectives, "dpo"))
-    write_stage_record(out, STAGE, fingerprint, time.time() - started, metrics)
-    log.info("teacher_dpo: %s", metrics)
-    return {**metrics, "reused": False}
+    return fit_save_and_record(cfg, module, data, out, ckpt, stage=STAGE, fingerprint=fingerprint, started=started,
+                               metrics=metrics, tokenizer=tokenizer, dm=dm, perspectives=perspectives,
+                               eval_name="dpo")
 
 
 run = run_teacher_dpo

@@ -16,10 +16,9 @@ import lightning as L
 from omegaconf import DictConfig
 
 from lrkd.data.schema import DataError
-from lrkd.stages.teacher_common import (MODEL_FOLDER, TrainLoader, build_trainer, evaluate_on_test,
-                                        finish_training, fingerprint_config, load_pairs, require_finished,
-                                        resume_checkpoint, stage_folder, trained_metrics)
-from lrkd.stages.work_dir import clear_stage_record, is_up_to_date, read_stage_record, stage_fingerprint, write_stage_record
+from lrkd.stages.teacher_common import (TrainLoader, evaluate_on_test, fingerprint_config, fit_save_and_record,
+                                        load_pairs, require_finished, resume_checkpoint, stage_folder)
+from lrkd.stages.work_dir import clear_stage_record, is_up_to_date, read_stage_record, stage_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,6 @@ def optimizer_config(stage: DictConfig) -> dict:
 
 def run_teacher_sft(cfg: DictConfig) -> dict:
     """Fine-tune (or reuse); returns the stage metrics and ``reused``."""
-    from lrkd.stages.student import finish_wandb
     from lrkd.teacher.examples import (CompletionCollator, CompletionDataset, fits, sft_examples,
                                        tokenize_prompt_completions, write_examples_jsonl)
     from lrkd.teacher.generate import read_generations
@@ -79,20 +77,9 @@ def run_teacher_sft(cfg: DictConfig) -> dict:
                **evaluate_on_test(cfg, module.model, tokenizer, dm, perspectives, "zero_shot")}
     data = TrainLoader(CompletionDataset(view, keep), int(cfg.stage.batch_size),
                        CompletionCollator(tokenizer.pad_token_id), int(cfg.seed))
-    trainer = build_trainer(cfg, out, int(cfg.stage.epochs))
-    try:
-        module.train()
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt, weights_only=True)
-        metrics.update(trained_metrics(trainer))
-        metrics["steps"] = int(trainer.global_step)
-    finally:
-        finish_wandb()
-    module.save_model(out / MODEL_FOLDER)
-    finish_training(out, bool(cfg.stage.get("keep_checkpoints", False)))
-    metrics.update(evaluate_on_test(cfg, module.model, tokenizer, dm, perspectives, "sft"))
-    write_stage_record(out, STAGE, fingerprint, time.time() - started, metrics)
-    log.info("teacher_sft: %s", metrics)
-    return {**metrics, "reused": False}
+    return fit_save_and_record(cfg, module, data, out, ckpt, stage=STAGE, fingerprint=fingerprint, started=started,
+                               metrics=metrics, tokenizer=tokenizer, dm=dm, perspectives=perspectives,
+                               eval_name="sft")
 
 
 run = run_teacher_sft

@@ -123,6 +123,14 @@ def convert_gguf(gguf: str, target: str | os.PathLike) -> Path:
     model.generation_config = loaded.generation_config
     if tokenizer.eos_token_id is not None:
         model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return save_pretrained_atomically(model, tokenizer, target, CONVERTED_MARKER, json.dumps(record))
+
+
+def save_pretrained_atomically(model, tokenizer, target: str | os.PathLike, record_name: str,
+                               record_text: str) -> Path:
+    """``save_pretrained`` of model and tokenizer plus a small record file into ``target``, atomically:
+    written to a temp dir beside it, then renamed into place (a killed save leaves no half folder)."""
+    target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     umask = os.umask(0)
@@ -131,7 +139,7 @@ def convert_gguf(gguf: str, target: str | os.PathLike) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / CONVERTED_MARKER).write_text(json.dumps(record))
+        (tmp / record_name).write_text(record_text)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

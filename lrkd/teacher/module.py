@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -40,7 +39,7 @@ from lrkd.losses.dpo import dpo_loss, reward_statistics
 from lrkd.losses.lm import completion_logprobs, completion_nll
 from lrkd.student.module import NonFiniteLossError
 from lrkd.teacher.examples import PreferenceCollator, PreferenceDataset
-from lrkd.teacher.model import apply_lora, load_teacher
+from lrkd.teacher.model import apply_lora, load_teacher, save_pretrained_atomically
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +65,7 @@ def save_teacher(model, tokenizer, out_dir: str | os.PathLike, parent: str | os.
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     kind = "adapter" if is_peft_model(model) else "full"
     record = {"kind": kind, "parent": os.path.relpath(parent, out_dir) if (parent and kind == "adapter") else None}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / MODEL_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return save_pretrained_atomically(model, tokenizer, out_dir, MODEL_RECORD, json.dumps(record, indent=2) + "\n")
 
 
 def save_alias(out_dir: str | os.PathLike, parent: str | os.PathLike) -> Path:
