@@ -16,8 +16,18 @@ def wandb_offline() -> bool:
 
 def register_resolvers() -> None:
     """``${lrkd_root:}``: the repository root (where conf/ and datasets/ live);
-    ``${lrkd_wandb_offline:}``: true unless WANDB_API_KEY is set."""
+    ``${lrkd_wandb_offline:}``: true unless WANDB_API_KEY is set;
+    ``${lrkd_ddp_strategy:}`` and ``${lrkd_run_stamp:<strftime>}``: see :mod:`lrkd.distributed`."""
     if not OmegaConf.has_resolver("lrkd_root"):
         OmegaConf.register_new_resolver("lrkd_root", lambda: str(ROOT_DIR))
     if not OmegaConf.has_resolver("lrkd_wandb_offline"):
         OmegaConf.register_new_resolver("lrkd_wandb_offline", wandb_offline)
+    if not OmegaConf.has_resolver("lrkd_ddp_strategy"):
+        from lrkd.distributed import ddp_strategy
+
+        OmegaConf.register_new_resolver("lrkd_ddp_strategy", ddp_strategy)
+    if not OmegaConf.has_resolver("lrkd_run_stamp"):
+        from lrkd.distributed import run_stamp
+
+        # cached like Hydra's ${now:}: every use in one config is the same stamp
+        OmegaConf.register_new_resolver("lrkd_run_stamp", run_stamp, use_cache=True)

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lrkd.data.batch import AUG_PREFIX
-from lrkd.data.sampler import make_train_loader
+from lrkd.data.sampler import eval_sampler, make_train_loader
 from lrkd.data.schema import REQUIRED_COLUMNS, DataError, DataSpec, LabelSet, dataset_fingerprint
 from lrkd.data.splits import split_by_query
 from lrkd.data.tokenize import TokenizedView, tokenize_augmented, tokenize_standard
@@ -338,6 +338,8 @@ class RelevanceDataModule(L.LightningDataModule):
 
     # ---------------------------------------------------------------------------- dataloaders
     def _loader(self, split: str, batch_size: int, sampler=None) -> DataLoader:
+        if sampler is None and split != "train":  # several ranks: each row evaluated once (no padding)
+            sampler = eval_sampler(self.dataset(split), getattr(self, "trainer", None))
         return DataLoader(self.dataset(split), batch_size=batch_size, sampler=sampler, shuffle=False,
                           drop_last=False, num_workers=self.num_workers, collate_fn=self._collate,
                           persistent_workers=self.num_workers > 0)

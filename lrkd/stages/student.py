@@ -11,8 +11,10 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lrkd.distributed import best_model_score, sync_loggers_after_spawned_fit
 from lrkd.student.module import StudentModule
 from lrkd.sweep import apply_wandb_identity, finish_wandb, log_test_extras
+from lrkd.zero_to_fp32 import convert as zero_to_fp32, is_zero_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ def run_student(cfg: DictConfig) -> dict:
         ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not ckpt:
             log.warning("no best checkpoint (no validation ran?): testing the weights in memory")
+        sync_loggers_after_spawned_fit(trainer)
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         if trainer.is_global_zero:
@@ -80,11 +83,14 @@ def run_student(cfg: DictConfig) -> dict:
         if cfg.get("optimized_metric"):
             key = cfg.optimized_metric
             best = trainer.checkpoint_callback
-            if best is not None and best.monitor == key and best.best_model_score is not None:
-                result["optimized_metric"] = float(best.best_model_score)  # the tested checkpoint's score
+            score = best_model_score(best) if best is not None and best.monitor == key else None
+            if score is not None:
+                result["optimized_metric"] = score  # the tested checkpoint's score
             else:
                 result["optimized_metric"] = {**val, **metrics}.get(key)
         if trainer.is_global_zero:
+            if ckpt and is_zero_checkpoint(ckpt):  # DeepSpeed: one fp32 file for predict and export
+                result["best_checkpoint_fp32"] = str(zero_to_fp32(ckpt))
             output_dir.mkdir(parents=True, exist_ok=True)
             with open(output_dir / "metrics.json", "w") as f:
                 json.dump(result, f, indent=2, sort_keys=True)

@@ -7,6 +7,10 @@ labelled or not), at most ``stage.max_pairs`` (a seeded subset). The artefact
 :func:`lrkd.teacher.annotate.annotate_pool`: a killed run, started again with the same config,
 resumes after the last finished shard. An unfinished artefact of another fingerprint is removed.
 The student reads it with ``data.annotations=<work_dir>/annotations``.
+
+Several ranks (``trainer=ddp_cpu``, ``trainer=ddp``, or under torchrun/SLURM; docs/SCALE_OUT.md):
+rank r annotates every W-th pair of the pool into its own part, and rank 0 merges the parts into the
+artefact (:mod:`lrkd.artefact_ranks`); the artefact holds the same rows as one process's.
 """
 from __future__ import annotations
 
@@ -51,7 +55,8 @@ def _clear_other_artefact(out, fingerprint: str) -> None:
 
 def run_teacher_annotate(cfg: DictConfig) -> dict:
     """Annotate (or reuse, or resume); returns the stage metrics and ``reused``."""
-    from lrkd.artefact import ArtefactWriter
+    from lrkd.artefact_ranks import artefact_writer
+    from lrkd.distributed import Ranks
     from lrkd.teacher.annotate import SentenceEmbedder, annotate_pool
     from lrkd.teacher.module import load_trained_teacher
     from lrkd.teacher.prompts import perspectives_from_config
@@ -65,8 +70,10 @@ def run_teacher_annotate(cfg: DictConfig) -> dict:
         log.info("teacher_annotate: %s is up to date (fingerprint %s...): reusing it", out, fingerprint[:12])
         return {**read_stage_record(out)["metrics"], "artefact": str(out), "reused": True}
 
+    ranks = Ranks.current()  # one process, or the ranks that run_on_ranks started
     clear_stage_record(out)
-    _clear_other_artefact(out, fingerprint)
+    if ranks.is_zero:
+        _clear_other_artefact(out, fingerprint)
     perspectives = perspectives_from_config(cfg.perspective)
     grade_names = list(dm.label_set.names)
     model, tokenizer = load_trained_teacher(cfg.teacher, model_dir)
@@ -82,23 +89,31 @@ def run_teacher_annotate(cfg: DictConfig) -> dict:
         vector_dim = int(text_config.hidden_size)
     rows = pool_rows(dm.frame, dm.splits, plain(cfg.stage.splits), cfg.stage.get("max_pairs"), int(cfg.seed))
     teacher_id = f"{cfg.teacher.name}:{cfg.stage.source}" + (f" ({model_dir})" if model_dir else "")
-    writer = ArtefactWriter(out, teacher_id=teacher_id, perspectives=[p.name for p in perspectives],
+    writer = artefact_writer(out, ranks, teacher_id=teacher_id, perspectives=[p.name for p in perspectives],
                             label_names=grade_names, vector_dim=vector_dim, dataset_fingerprint=dm.fingerprint,
                             extra={"stage_fingerprint": fingerprint, "source": str(cfg.stage.source),
                                    "latent": latent, "encoder": embedder.name if embedder else None,
                                    "pool_size": int(len(rows)), "teacher": plain(cfg.teacher)})
-    stats = annotate_pool(model, tokenizer, dm.frame, rows, perspectives, grade_names, writer,
+    stats = annotate_pool(model, tokenizer, dm.frame, ranks.shard(rows), perspectives, grade_names, writer,
                           batch_size=int(cfg.stage.batch_size), max_new_tokens=int(cfg.stage.max_new_tokens),
                           latent=latent, embedder=embedder, shard_size=int(cfg.stage.shard_size))
     manifest = writer.finalize()
+    stats = ranks.sum(stats)
     metrics = {"pairs": int(manifest.num_rows), "shards": len(manifest.shards), "written_now": stats.written,
                "resumed_pairs": stats.resumed, "vector_dim": vector_dim,
                **{f"parse_errors/{k}": v for k, v in sorted(stats.parse_errors.items())},
                "parse_rate": 1.0 - sum(stats.parse_errors.values()) / max(stats.written, 1),
-               **evaluate_on_test(cfg, model, tokenizer, dm, perspectives, f"annotate_{cfg.stage.source}")}
-    write_stage_record(out, STAGE, fingerprint, time.time() - started, metrics)
-    log.info("teacher_annotate: %d pairs annotated into %s: %s", manifest.num_rows, out, metrics)
+               **(evaluate_on_test(cfg, model, tokenizer, dm, perspectives, f"annotate_{cfg.stage.source}")
+                  if ranks.is_zero else {})}
+    if ranks.is_zero:
+        write_stage_record(out, STAGE, fingerprint, time.time() - started, metrics)
+        log.info("teacher_annotate: %d pairs annotated into %s: %s", manifest.num_rows, out, metrics)
+    metrics = ranks.from_zero(metrics)
     return {**metrics, "artefact": str(out), "reused": False}
 
 
-run = run_teacher_annotate
+def run(cfg: DictConfig) -> dict:
+    """The stage on every rank that ``cfg.trainer`` asks for (:func:`lrkd.distributed.run_on_ranks`)."""
+    from lrkd.distributed import run_on_ranks
+
+    return run_on_ranks(cfg, run_teacher_annotate)

@@ -133,11 +133,19 @@ def build_trainer(cfg: DictConfig, out_dir: Path, max_epochs: int) -> L.Trainer:
 def resume_checkpoint(out_dir: Path, fingerprint: str) -> str | None:
     """``last.ckpt`` of a killed run of the same stage fingerprint (to resume from), else None; the
     checkpoints of another fingerprint are removed. Records the fingerprint being trained."""
+    from lrkd.distributed import is_rank_zero
+
     ckpt_dir = out_dir / CHECKPOINT_FOLDER
     running = out_dir / RUNNING_RECORD
-    same = running.is_file() and json.loads(running.read_text()).get("fingerprint") == fingerprint
     last = ckpt_dir / "last.ckpt"
-    if same and last.is_file():
+    if not is_rank_zero():  # the other ranks of a DDP/DeepSpeed run read what rank 0 decides
+        try:
+            same = running.is_file() and json.loads(running.read_text()).get("fingerprint") == fingerprint
+        except ValueError:  # rank 0 is rewriting it: it is starting over
+            same = False
+        return str(last) if same and last.exists() else None
+    same = running.is_file() and json.loads(running.read_text()).get("fingerprint") == fingerprint
+    if same and last.exists():  # a file, or a directory under DeepSpeed
         log.info("resuming the killed run of %s from %s", out_dir.name, last)
         return str(last)
     if ckpt_dir.exists():
@@ -197,17 +205,30 @@ def fit_save_and_record(cfg: DictConfig, module, data, out_dir: Path, ckpt: str 
     from lrkd.stages.work_dir import write_stage_record
     from lrkd.sweep import finish_wandb
 
+    from lrkd.distributed import fitted_global_step, full_parameters, is_zero3
+
     trainer = build_trainer(cfg, out_dir, int(cfg.stage.epochs))
     try:
         module.train()
         trainer.fit(module, datamodule=data, ckpt_path=ckpt, weights_only=True)
         metrics.update(trained_metrics(trainer))
-        metrics["steps"] = int(trainer.global_step)
+        metrics["steps"] = fitted_global_step(trainer, out_dir / CHECKPOINT_FOLDER / "last.ckpt")
     finally:
         finish_wandb()
-    module.save_model(out_dir / MODEL_FOLDER)
-    finish_training(out_dir, bool(cfg.stage.get("keep_checkpoints", False)))
-    metrics.update(evaluate_on_test(cfg, module.model, tokenizer, dm, perspectives, eval_name))
-    write_stage_record(out_dir, stage, fingerprint, time.time() - started, metrics)
-    log.info("%s: %s", stage, metrics)
+    # several ranks (DDP / DeepSpeed re-run this stage on every rank): rank 0 saves and records
+    with full_parameters(trainer, module):  # ZeRO-3: the partitioned weights gathered on every rank
+        if trainer.is_global_zero:
+            module.save_model(out_dir / MODEL_FOLDER)
+    trainer.strategy.barrier("teacher saved")
+    if trainer.is_global_zero:
+        finish_training(out_dir, bool(cfg.stage.get("keep_checkpoints", False)))
+        model = module.model
+        if is_zero3(trainer):  # the in-memory model is partitioned: evaluate the saved one
+            from lrkd.teacher.module import load_trained_teacher
+
+            model = load_trained_teacher(cfg.teacher, out_dir / MODEL_FOLDER)[0]
+        metrics.update(evaluate_on_test(cfg, model, tokenizer, dm, perspectives, eval_name))
+        write_stage_record(out_dir, stage, fingerprint, time.time() - started, metrics)
+        log.info("%s: %s", stage, metrics)
+    trainer.strategy.barrier("teacher recorded")
     return {**metrics, "reused": False}

@@ -2,7 +2,8 @@
 
 Built from plain config dicts (so a checkpoint's hyper-parameters load with ``weights_only=True``):
 
-    encoder:   conf/student/*.yaml   (name_or_path | config, tokenizer, pooling, dropout, ...)
+    encoder:   conf/student/*.yaml   (name_or_path | config, tokenizer, pooling, dropout,
+               gradient_checkpointing, ...)
     extractor: conf/extractor/*.yaml (``_target_`` of a LatentExtractor and its sizes)
     loss:      conf/loss/*.yaml      (``_target_: lrkd.losses.WeightedLoss`` with named terms)
     optimizer: {lr, head_lr, weight_decay, warmup_ratio, betas, eps}
@@ -18,10 +19,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torchmetrics import MeanMetric
 
 from lrkd.data.batch import AUG_PREFIX, INPUT_KEYS
 from lrkd.data.schema import LabelSet
 from lrkd.metrics import RelevanceMetrics
+from lrkd.optim import adamw
 from lrkd.student.encoder import count_parameters, load_encoder, match_features, pool, pooled_dim
 
 
@@ -69,6 +72,8 @@ class StudentModule(L.LightningModule):
         self.encoder = load_encoder(name_or_path=encoder.get("name_or_path"), config=encoder.get("config"),
                                     tokenizer=encoder.get("tokenizer"), dropout=encoder.get("dropout"),
                                     trust_remote_code=bool(encoder.get("trust_remote_code", False)))
+        if encoder.get("gradient_checkpointing"):  # recompute activations in backward: less memory
+            self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         hidden = int(self.encoder.config.hidden_size)
         self.extractor = instantiate(extractor, hidden_size=hidden, num_perspectives=len(self.perspectives))
         self.classifier = nn.Sequential(nn.Dropout(float(encoder.get("classifier_dropout", 0.1))),
@@ -86,6 +91,9 @@ class StudentModule(L.LightningModule):
         has_relevance = bool(data_spec.get("has_relevance", False))
         self.val_metrics = RelevanceMetrics(self.label_set, prefix="val/", has_relevance=has_relevance)
         self.test_metrics = RelevanceMetrics(self.label_set, prefix="test/", has_relevance=has_relevance)
+        # the eval loss as a torchmetrics mean: exact over DDP ranks that hold different row counts
+        # (self.log(..., sync_dist=True) averages the ranks' integer row counts with an integer division)
+        self.eval_loss = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
         # from_pretrained returns modules in eval mode, and Lightning keeps each module's mode:
         # without this, the encoder's dropout would be off during training.
         self.train()
@@ -151,7 +159,9 @@ class StudentModule(L.LightningModule):
         labelled = batch["labels"] >= 0
         if labelled.any():
             loss = nn.functional.cross_entropy(logits[labelled], batch["labels"][labelled])
-            self.log(f"{prefix}loss", loss, batch_size=int(labelled.sum()), sync_dist=True)
+            mean = self.eval_loss[prefix.rstrip("/")]
+            mean.update(loss, weight=int(labelled.sum()))
+            self.log(f"{prefix}loss", mean, batch_size=int(labelled.sum()))
         metrics.update(logits.softmax(-1), batch["labels"], batch["query_index"], batch.get("relevance"))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -206,8 +216,8 @@ class StudentModule(L.LightningModule):
             groups.setdefault((part, no_decay), []).append(p)
         param_groups = [{"params": ps, "lr": lr if part == "encoder" else head_lr,
                          "weight_decay": 0.0 if no_decay else wd} for (part, no_decay), ps in groups.items()]
-        optimizer = torch.optim.AdamW(param_groups, betas=tuple(opt.get("betas", (0.9, 0.999))),
-                                      eps=float(opt.get("eps", 1e-8)))
+        optimizer = adamw(self, param_groups, betas=tuple(opt.get("betas", (0.9, 0.999))),
+                          eps=float(opt.get("eps", 1e-8)))
         total = self._total_training_steps()
         warmup = int(float(opt.get("warmup_ratio", 0.1)) * total)
 

@@ -39,6 +39,7 @@ from lrkd.losses.dpo import dpo_loss, reward_statistics
 from lrkd.losses.lm import completion_logprobs, completion_nll
 from lrkd.student.module import NonFiniteLossError
 from lrkd.teacher.examples import PreferenceCollator, PreferenceDataset
+from lrkd.optim import adamw
 from lrkd.teacher.model import apply_lora, load_teacher, save_pretrained_atomically
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ class _TeacherModule(L.LightningModule):
         for name, p in self.model.named_parameters():
             if p.requires_grad:
                 (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
+        optimizer = adamw(self, [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
                                       lr=float(opt.get("lr", 1e-5)), betas=tuple(opt.get("betas", (0.9, 0.999))),
                                       eps=float(opt.get("eps", 1e-8)))
         total = max(int(self.trainer.estimated_stepping_batches), 1)

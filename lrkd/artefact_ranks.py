@@ -1,0 +1,151 @@
+"""Writing one annotation artefact from several ranks (``stage=teacher_annotate`` under DDP).
+
+Rank r annotates ``rows[r::W]`` (:meth:`lrkd.distributed.Ranks.shard`) into its own part, an
+ordinary resumable artefact (:class:`lrkd.artefact.ArtefactWriter`) at
+``<artefact>.ranks/rank-<r>/``, so no two processes ever write one manifest. When every rank has
+finished, rank 0 copies the parts' rows into the artefact itself, shard by shard, through its
+writer, finalizes it and removes the parts. The result holds the same rows as a single process's
+artefact (shards split differently; readers align rows by ``(query_id, item_id)``).
+
+Resuming: a killed run leaves its parts (and, if killed while merging, a partly merged artefact).
+Run again with the same config and any number of ranks: pairs already in the artefact or in any
+part are not annotated again, and the merge skips pairs the artefact already holds. Parts written
+with other settings (another ``extra`` record: the stage fingerprint) are removed by rank 0.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+import pyarrow.compute as pc
+from safetensors.numpy import load_file
+
+from lrkd.artefact import (LATENTS_KEY, MANIFEST_NAME, ArtefactManifest, ArtefactWriter, _read_shard_table,
+                           rationale_column, read_manifest)
+from lrkd.distributed import Ranks
+
+log = logging.getLogger(__name__)
+
+PARTS_SUFFIX = ".ranks"
+
+
+def parts_dir(root: str | os.PathLike) -> Path:
+    """``<artefact>.ranks``: where the ranks' parts live (beside the artefact, not in it)."""
+    root = Path(root)
+    return root.with_name(root.name + PARTS_SUFFIX)
+
+
+def artefact_keys(root: str | os.PathLike) -> set[tuple[str, str]]:
+    """The (query_id, item_id) pairs of the finished shards of the artefact at ``root`` (empty when
+    there is none yet)."""
+    root = Path(root)
+    if not (root / MANIFEST_NAME).is_file():
+        return set()
+    keys: set[tuple[str, str]] = set()
+    for name in read_manifest(root).shards:
+        table = _read_shard_table(root, name, columns=["query_id", "item_id"])
+        keys.update(zip(table.column("query_id").to_pylist(), table.column("item_id").to_pylist()))
+    return keys
+
+
+def iter_shards(root: Path) -> Iterator[tuple[list[str], list[str], dict[str, list[str]], np.ndarray, np.ndarray]]:
+    """(query_ids, item_ids, rationales by perspective, soft labels [n, C], latents [n, K, D]) of
+    each finished shard of the artefact at ``root``, in shard order."""
+    m = read_manifest(root)
+    for name in m.shards:
+        table = _read_shard_table(root, name)
+        n = table.num_rows
+        soft = pc.list_flatten(table.column("soft_label").combine_chunks())
+        yield (table.column("query_id").to_pylist(), table.column("item_id").to_pylist(),
+               {p: table.column(rationale_column(p)).to_pylist() for p in m.perspectives},
+               soft.to_numpy(zero_copy_only=False).astype(np.float32).reshape(n, m.num_classes),
+               load_file(str(root / f"{name}.safetensors"))[LATENTS_KEY].astype(np.float32))
+
+
+def _same_record(manifest: ArtefactManifest, extra: Mapping | None) -> bool:
+    return json.loads(json.dumps(dict(extra or {}), default=str)) == manifest.extra
+
+
+class RankedArtefactWriter:
+    """This rank's writer; the same methods as :class:`ArtefactWriter` that
+    :func:`lrkd.teacher.annotate.annotate_pool` and the stage use (``completed_keys``,
+    ``completed_shards``, ``write_shard``, ``finalize``). Every rank must construct it and call
+    ``finalize`` (both hold barriers)."""
+
+    def __init__(self, root: str | os.PathLike, ranks: Ranks, **manifest):
+        self.root, self.ranks, self._manifest_args = Path(root), ranks, manifest
+        self.parts = parts_dir(self.root)
+        self.main: ArtefactWriter | None = None
+        if ranks.is_zero:
+            self._remove_foreign_parts(manifest.get("extra"))
+            self.main = ArtefactWriter(self.root, **manifest)  # creates, or resumes, the artefact
+        ranks.barrier()
+        self.local = ArtefactWriter(self.parts / f"rank-{ranks.rank:05d}", **manifest)
+        ranks.barrier()  # every part exists: read what any rank already holds
+        done = artefact_keys(self.root)
+        for part in sorted(self.parts.glob("rank-*")):
+            done |= artefact_keys(part)
+        self._done = done
+
+    def _remove_foreign_parts(self, extra) -> None:
+        if not self.parts.is_dir():
+            return
+        for part in sorted(self.parts.glob("rank-*")):
+            try:
+                keep = _same_record(read_manifest(part), extra)
+            except Exception:  # noqa: BLE001 - an unreadable part is not resumable
+                keep = False
+            if not keep:
+                log.warning("removing the annotation part %s: written with other settings", part)
+                shutil.rmtree(part)
+
+    @property
+    def manifest(self) -> ArtefactManifest:
+        return self.local.manifest
+
+    def completed_keys(self) -> set[tuple[str, str]]:
+        """Pairs any rank, or the artefact itself, already holds."""
+        return self._done | self.local.completed_keys()
+
+    def completed_shards(self) -> set[int]:
+        return self.local.completed_shards()
+
+    def write_shard(self, shard_id: int, query_ids: Sequence[str], item_ids: Sequence[str], *args, **kwargs) -> None:
+        self.local.write_shard(shard_id, query_ids, item_ids, *args, **kwargs)
+
+    def finalize(self) -> ArtefactManifest:
+        """Wait for every rank; rank 0 merges the parts into the artefact, finalizes it and removes
+        the parts; every rank returns the final manifest."""
+        self.ranks.barrier()
+        if self.ranks.is_zero:
+            self._merge()
+        self.ranks.barrier()
+        return read_manifest(self.root)
+
+    def _merge(self) -> None:
+        main = self.main
+        next_id = max(main.completed_shards(), default=-1) + 1
+        for part in sorted(self.parts.glob("rank-*")):
+            for qids, iids, rationales, soft, latents in iter_shards(part):
+                have = main.completed_keys()
+                keep = np.array([(q, i) not in have for q, i in zip(qids, iids)], dtype=bool)
+                if not keep.any():
+                    continue
+                idx = np.flatnonzero(keep)
+                main.write_shard(next_id, [qids[j] for j in idx], [iids[j] for j in idx],
+                                 {p: [t[j] for j in idx] for p, t in rationales.items()}, soft[idx], latents[idx])
+                next_id += 1
+        manifest = main.finalize()
+        shutil.rmtree(self.parts, ignore_errors=True)
+        log.info("annotation: merged the parts of %d ranks into %s (%d pairs, %d shards)", self.ranks.world_size,
+                 self.root, manifest.num_rows, len(manifest.shards))
+
+
+def artefact_writer(root: str | os.PathLike, ranks: Ranks, **manifest):
+    """An :class:`ArtefactWriter` for one process; a :class:`RankedArtefactWriter` for several."""
+    return RankedArtefactWriter(root, ranks, **manifest) if ranks.distributed else ArtefactWriter(root, **manifest)
