@@ -12,7 +12,7 @@ DeepSpeed's ``zero_to_fp32``); this module only drops DeepSpeed's bookkeeping (p
 the DeepSpeed config, ...) so that the file loads with ``weights_only=True``, and writes it atomically.
 
 Runs on a CPU, without the GPUs that wrote the checkpoint; needs ``deepspeed`` installed
-(``pip install -e ".[scale]"``).
+(``DS_BUILD_OPS=0 pip install -e ".[deepspeed]"``; ``make install`` does it).
 """
 from __future__ import annotations
 
