@@ -62,11 +62,15 @@ def run_pipeline(cfg: DictConfig) -> dict:
             artefact = results[key]["artefact"]
     summary = {"stages": results, "artefact": artefact, "work_dir": str(cfg.stage.work_dir),
                "wall_time_s": round(time.time() - started, 1)}
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
-    lines = [f"pipeline ({summary['wall_time_s']} s) -> {output_dir / 'metrics.json'}"]
-    lines += [f"  {key:<9} {'reused' if r.get('reused') else 'ran':<6} {r.get('wall_time_s', '')}" for key, r in results.items()]
-    print("\n".join(lines), flush=True)
+    from lrkd.distributed import is_rank_zero
+
+    if is_rank_zero():  # under DDP / DeepSpeed every rank runs the pipeline; rank 0 writes
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+        lines = [f"pipeline ({summary['wall_time_s']} s) -> {output_dir / 'metrics.json'}"]
+        lines += [f"  {key:<9} {'reused' if r.get('reused') else 'ran':<6} {r.get('wall_time_s', '')}"
+                  for key, r in results.items()]
+        print("\n".join(lines), flush=True)
     flat = {f"{key}/{k}": v for key, r in results.items() for k, v in r.items()
             if isinstance(v, (int, float, bool)) and k != "optimized_metric"}
     flat.update({f"reused/{key}": bool(r.get("reused", False)) for key, r in results.items()})
