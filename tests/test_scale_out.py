@@ -334,3 +334,42 @@ def test_zero_on_gloo_then_the_checkpoint_converts_to_one_fp32_file(make_cfg, tm
         assert state[key].dtype == torch.float32 and torch.equal(state[key], value), key
     served, serving = load_student(converted)  # predict and export read it too
     assert serving.max_length == 64 and torch.equal(served.classifier[1].weight, full["classifier.1.weight"])
+
+
+def test_ranked_writer_merges_the_parts_once_and_resumes(tmp_path):
+    """The merge logic without processes: two ranks' writers driven in turn (barriers no-ops)."""
+    from lrkd.artefact import ArtefactWriter, load_artefact
+    from lrkd.artefact_ranks import RankedArtefactWriter, parts_dir
+    from lrkd.distributed import Ranks
+
+    class TurnTaking(Ranks):
+        def barrier(self) -> None:
+            pass
+
+    kw = dict(teacher_id="t", perspectives=["a", "b"], label_names=["x", "y"], vector_dim=2,
+              dataset_fingerprint="fp", extra={"stage_fingerprint": "s1"})
+    root = tmp_path / "annotations"
+
+    def shard(writer, shard_id, keys):
+        n = len(keys)
+        writer.write_shard(shard_id, [q for q, _ in keys], [i for _, i in keys],
+                           {"a": [f"a {k}" for k in keys], "b": [f"b {k}" for k in keys]},
+                           np.full((n, 2), 0.5), np.ones((n, 2, 2)))
+
+    k = [(f"q{j}", f"i{j}") for j in range(5)]
+    shard(ArtefactWriter(root, **kw), 0, k[:2])  # a merge that was killed half-way
+    shard(ArtefactWriter(parts_dir(root) / "rank-00001", **kw), 0, k[1:3])  # a killed rank's part
+    stale = parts_dir(root) / "rank-00003"
+    shard(ArtefactWriter(stale, **{**kw, "extra": {"stage_fingerprint": "old"}}), 0, [("q9", "i9")])
+
+    w0 = RankedArtefactWriter(root, TurnTaking(0, 2), **kw)
+    w1 = RankedArtefactWriter(root, TurnTaking(1, 2), **kw)
+    assert not stale.exists()  # written with other settings: removed, not merged
+    assert set(k[:3]) <= w0.completed_keys() and set(k[:3]) <= w1.completed_keys()
+    shard(w0, max(w0.completed_shards(), default=-1) + 1, k[3:4])
+    shard(w1, max(w1.completed_shards(), default=-1) + 1, k[4:5])
+    w1.finalize()
+    manifest = w0.finalize()
+    assert manifest.complete and manifest.num_rows == 5 and not parts_dir(root).exists()
+    art = load_artefact(root)
+    assert sorted(zip(art.query_ids, art.item_ids)) == k  # every pair once
