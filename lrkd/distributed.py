@@ -31,9 +31,6 @@ from typing import Any, Callable, Iterator, Mapping
 
 log = logging.getLogger(__name__)
 
-# trainer strategies whose ranks Lightning starts inside the calling process (fit/test return there)
-SPAWNING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
-
 
 # ------------------------------------------------------------------------------- who launched us
 def env_world_size() -> int:
