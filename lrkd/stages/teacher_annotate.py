@@ -58,6 +58,7 @@ def run_teacher_annotate(cfg: DictConfig) -> dict:
     from lrkd.artefact_ranks import artefact_writer
     from lrkd.distributed import Ranks
     from lrkd.teacher.annotate import SentenceEmbedder, annotate_pool
+    from lrkd.teacher.model import inference_model
     from lrkd.teacher.module import load_trained_teacher
     from lrkd.teacher.prompts import perspectives_from_config
 
@@ -77,7 +78,7 @@ def run_teacher_annotate(cfg: DictConfig) -> dict:
     perspectives = perspectives_from_config(cfg.perspective)
     grade_names = list(dm.label_set.names)
     model, tokenizer = load_trained_teacher(cfg.teacher, model_dir)
-    model.to(inference_device(cfg))
+    model = inference_model(model.to(inference_device(cfg)), cfg.teacher)
     latent = str(cfg.stage.latent)
     embedder = None
     if latent == "sentence_encoder":
@@ -96,7 +97,8 @@ def run_teacher_annotate(cfg: DictConfig) -> dict:
                                    "pool_size": int(len(rows)), "teacher": plain(cfg.teacher)})
     stats = annotate_pool(model, tokenizer, dm.frame, ranks.shard(rows), perspectives, grade_names, writer,
                           batch_size=int(cfg.stage.batch_size), max_new_tokens=int(cfg.stage.max_new_tokens),
-                          latent=latent, embedder=embedder, shard_size=int(cfg.stage.shard_size))
+                          latent=latent, embedder=embedder, shard_size=int(cfg.stage.shard_size),
+                          max_item_words=cfg.teacher.get("max_item_words"))
     manifest = writer.finalize()
     stats = ranks.sum(stats)
     metrics = {"pairs": int(manifest.num_rows), "shards": len(manifest.shards), "written_now": stats.written,

@@ -183,13 +183,15 @@ def evaluate_on_test(cfg: DictConfig, model, tokenizer, dm, perspectives, name: 
     if not cfg.stage.get("evaluate", False):
         return {}
     from lrkd.teacher.annotate import evaluate_teacher
+    from lrkd.teacher.model import inference_model
 
     rows = pool_rows(dm.frame, dm.splits, ["test"], cfg.stage.get("eval_max_pairs"), int(cfg.seed))
     rows = rows[dm.frame["label"].to_numpy()[rows] >= 0]
     model.to(inference_device(cfg))
-    result = evaluate_teacher(model, tokenizer, dm.frame, rows, perspectives, list(dm.label_set.names),
-                              batch_size=int(cfg.stage.get("eval_batch_size", 8)),
-                              max_new_tokens=int(cfg.stage.get("eval_max_new_tokens", 256)))
+    result = evaluate_teacher(inference_model(model, cfg.teacher, copy=True), tokenizer, dm.frame, rows, perspectives,
+                              list(dm.label_set.names), batch_size=int(cfg.stage.get("eval_batch_size", 8)),
+                              max_new_tokens=int(cfg.stage.get("eval_max_new_tokens", 256)),
+                              max_item_words=cfg.teacher.get("max_item_words"))
     log.info("teacher (%s) on %d test pairs: %s", name, len(rows), result)
     return {f"eval/{name}/{k}": v for k, v in result.items()}
 

@@ -75,7 +75,7 @@ def run_teacher_dpo(cfg: DictConfig) -> dict:
                               beta=float(cfg.stage.beta))
     tokenizer = module.tokenizer
     pairs = preference_pairs(read_generations(gen_dir), dm.frame, perspectives, list(dm.label_set.names), tokenizer,
-                             max_pairs=cfg.stage.get("max_pairs"))
+                             max_pairs=cfg.stage.get("max_pairs"), max_item_words=cfg.teacher.get("max_item_words"))
     write_examples_jsonl(out / "pairs.jsonl", pairs)
     prompts = [p.prompt for p in pairs]
     chosen = tokenize_prompt_completions(tokenizer, prompts, [p.chosen for p in pairs], cfg.paths.cache_dir)

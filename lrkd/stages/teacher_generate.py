@@ -44,10 +44,12 @@ def fingerprint_config(cfg: DictConfig) -> dict:
     """The part of the config that decides the generations."""
     stage = OmegaConf.to_container(cfg.stage, resolve=True)
     stage.pop("work_dir", None)
+    stage.pop("device", None)
     if stage.get("backend") == "http":
         stage["http"] = {k: v for k, v in (stage.get("http") or {}).items() if k not in HTTP_OPERATIONAL_KEYS}
     else:
         stage.pop("http", None)
+        stage.setdefault("two_step_labels", True)
     teacher = OmegaConf.to_container(cfg.teacher, resolve=True)
     teacher.pop("cache_dir", None)
     data = {k: OmegaConf.to_container(cfg.data, resolve=True).get(k) for k in ("name", "labels", "split")}
@@ -66,18 +68,26 @@ def flat_metrics(stats: dict) -> dict:
     return out
 
 
-def _backend(cfg: DictConfig):
-    """(backend, tokenizer that renders the prompts or None)."""
+def _backend(cfg: DictConfig, grade_names):
+    """(backend, tokenizer that renders the prompts or None, label scorer or None). The local
+    backend scores missing labels with the same model (two-step extraction, ``stage.two_step_labels``);
+    an HTTP backend returns text only, so its samples keep the labels they state."""
+    from lrkd.stages.teacher_common import inference_device
+    from lrkd.teacher.annotate import GradeScorer
     from lrkd.teacher.backends import OpenAIHTTPBackend, backend_from_config
-    from lrkd.teacher.model import load_teacher, load_teacher_tokenizer
+    from lrkd.teacher.model import inference_model, load_teacher, load_teacher_tokenizer
 
     if cfg.stage.backend == "local":
         model, tokenizer = load_teacher(cfg.teacher)
-        return backend_from_config(cfg.stage, model, tokenizer), tokenizer
+        model = inference_model(model.to(inference_device(cfg)), cfg.teacher)
+        scorer = (GradeScorer(model, tokenizer, grade_names, batch_size=int(cfg.stage.batch_size),
+                              calibrate=bool(cfg.stage.get("calibrate_scored_labels", False)))
+                  if cfg.stage.get("two_step_labels", True) else None)
+        return backend_from_config(cfg.stage, model, tokenizer), tokenizer, scorer
     backend = backend_from_config(cfg.stage)
     if isinstance(backend, OpenAIHTTPBackend) and backend.use_chat:
-        return backend, None  # the server applies its chat template to the plain message
-    return backend, load_teacher_tokenizer(cfg.teacher)
+        return backend, None, None  # the server applies its chat template to the plain message
+    return backend, load_teacher_tokenizer(cfg.teacher), None
 
 
 def run_teacher_generate(cfg: DictConfig) -> dict:
@@ -98,14 +108,15 @@ def run_teacher_generate(cfg: DictConfig) -> dict:
 
     clear_stage_record(out)
     rows = select_rows(dm.frame, dm.splits, cfg.stage.splits, cfg.stage.max_pairs, int(cfg.seed))
-    backend, prompt_tokenizer = _backend(cfg)
+    backend, prompt_tokenizer, scorer = _backend(cfg, list(dm.label_set.names))
     log.info("teacher_generate: %d pairs x %d perspectives x n=%d with %s into %s", len(rows), len(perspectives),
              cfg.stage.n, type(backend).__name__, out)
     try:
         stats = generate_mpcot(dm.frame, rows, perspectives, list(dm.label_set.names), backend, n=int(cfg.stage.n),
                                temperature=float(cfg.stage.temperature), max_new_tokens=int(cfg.stage.max_new_tokens),
                                seed=int(cfg.seed), out_dir=out, shard_size=int(cfg.stage.shard_size),
-                               tokenizer_for_prompts=prompt_tokenizer)
+                               tokenizer_for_prompts=prompt_tokenizer, label_scorer=scorer,
+                               max_item_words=cfg.teacher.get("max_item_words"))
     finally:
         if hasattr(backend, "close"):
             backend.close()

@@ -55,7 +55,8 @@ def run_teacher_sft(cfg: DictConfig) -> dict:
     module = TeacherSFTModule(teacher=cfg.teacher, optimizer=optimizer_config(cfg.stage))
     tokenizer = module.tokenizer
 
-    examples = sft_examples(read_generations(gen_dir), dm.frame, perspectives, grade_names, tokenizer)
+    examples = sft_examples(read_generations(gen_dir), dm.frame, perspectives, grade_names, tokenizer,
+                            max_item_words=cfg.teacher.get("max_item_words"))
     if cfg.stage.get("max_examples") is not None:
         examples = examples[:int(cfg.stage.max_examples)]
     if not examples:

@@ -136,9 +136,25 @@ class StudentModule(L.LightningModule):
             if AUG_PREFIX + "input_ids" not in batch:
                 raise KeyError("a loss term needs the reasoning-augmented view, but the batch has none: "
                                "attach a teacher artefact with data.annotations=<dir>")
-            aug_h, _, aug_logits = self._features(*(batch.get(AUG_PREFIX + k) for k in INPUT_KEYS))
-            out["aug_pooled"], out["aug_logits"] = aug_h, aug_logits
+            out["aug_pooled"], out["aug_logits"] = self._augmented_features(batch, h, logits)
         return out
+
+    def _augmented_features(self, batch: dict, h: torch.Tensor, logits: torch.Tensor):
+        """(h⁺ [B, H], logits⁺ [B, C]) of the reasoning-augmented view, encoded for the annotated rows
+        only (``batch["annotated"]``; every row when absent) and trimmed to their longest sequence.
+        Rows without a rationale get zeros: every loss term that reads the view masks them out."""
+        inputs = [batch.get(AUG_PREFIX + k) for k in INPUT_KEYS]
+        annotated = batch.get("annotated")
+        if annotated is None or bool(annotated.all()):
+            aug_h, _, aug_logits = self._features(*inputs)
+            return aug_h, aug_logits
+        rows = annotated.to(torch.bool).nonzero(as_tuple=True)[0]
+        aug_h, aug_logits = h.new_zeros(h.shape), logits.new_zeros(logits.shape)
+        if rows.numel() == 0:
+            return aug_h, aug_logits
+        width = int(inputs[1][rows].sum(dim=1).max())  # attention masks are right-padded
+        sub_h, _, sub_logits = self._features(*(None if t is None else t[rows, :width] for t in inputs))
+        return aug_h.index_put((rows,), sub_h), aug_logits.index_put((rows,), sub_logits)
 
     # -------------------------------------------------------------------------------- training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

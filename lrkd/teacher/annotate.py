@@ -179,6 +179,53 @@ def score_label_position(model, prompt_ids: Sequence[Sequence[int]], prefix_ids:
     return probs, states, batch["input_ids"].shape[1]
 
 
+class GradeScorer:
+    """Two-step answer extraction: the teacher's probabilities of the grades after a given
+    completion prefix, for samples whose text has no parsable label (small teachers often never
+    write the ``Label:`` line). ``scorer(prompts, rationales)`` teacher-forces each prompt followed
+    by ``"<rationale>\\nLabel:"`` and returns [B, C] float32 probabilities (softmax over the grade
+    tokens' logits at the label position, the same reading as the annotation's soft label).
+
+    calibrate: divide by the same prompt's probabilities with an empty rationale and renormalise
+    (contextual calibration, Zhao et al. 2021), so that the grade reflects what the rationale adds
+    to the model's prior; a small base model puts ~95% on the first grade listed whatever it wrote.
+    """
+
+    def __init__(self, model, tokenizer, grade_names: Sequence[str], batch_size: int = 16, calibrate: bool = False):
+        self.model, self.tokenizer = model, tokenizer
+        self.grade_ids = grade_token_ids(tokenizer, grade_names)
+        self.batch_size = max(1, int(batch_size))
+        self.calibrate = bool(calibrate)
+
+    def __call__(self, prompts: Sequence[str], rationales: Sequence[str]) -> np.ndarray:
+        if len(prompts) != len(rationales):
+            raise ValueError(f"{len(prompts)} prompts but {len(rationales)} rationales")
+        probs = self._score(prompts, [f"{str(r).strip()}\n{LABEL_PREFIX}" for r in rationales])
+        if not self.calibrate or not len(probs):
+            return probs
+        unique = list(dict.fromkeys(prompts))
+        prior = dict(zip(unique, self._score(unique, [LABEL_PREFIX] * len(unique))))
+        ratio = probs / np.stack([np.clip(prior[p], 1e-12, None) for p in prompts])
+        return (ratio / ratio.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    @torch.no_grad()
+    def _score(self, prompts: Sequence[str], prefixes: Sequence[str]) -> np.ndarray:
+        out = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(prompts), self.batch_size):
+                prompt_ids = encode_prompts(self.tokenizer, list(prompts[start:start + self.batch_size]))
+                prefix_ids = encode_completions(self.tokenizer, list(prefixes[start:start + self.batch_size]),
+                                                add_eos=False)
+                probs, _, _ = score_label_position(self.model, prompt_ids, prefix_ids, self.grade_ids,
+                                                   self.tokenizer.pad_token_id)
+                out.append(probs)
+        finally:
+            self.model.train(was_training)
+        return np.concatenate(out) if out else np.zeros((0, len(self.grade_ids)), np.float32)
+
+
 def label_pairs(model, tokenizer, prompts: Sequence[str], perspectives: Sequence[Perspective],
                 grade_names: Sequence[str], max_new_tokens: int, hidden: bool = False,
                 grade_ids: Sequence[int] | None = None) -> LabelledBatch:
@@ -204,12 +251,12 @@ def label_pairs(model, tokenizer, prompts: Sequence[str], perspectives: Sequence
 
 
 def pair_prompts(tokenizer, frame: pd.DataFrame, rows: Sequence[int], perspectives: Sequence[Perspective],
-                 grade_names: Sequence[str]) -> list[str]:
-    """The multi-perspective prompt of each dataset row in ``rows``."""
+                 grade_names: Sequence[str], max_item_words: int | None = None) -> list[str]:
+    """The multi-perspective prompt of each dataset row in ``rows`` (item cut to ``max_item_words``)."""
     fields = text_fields(frame)
     records = frame.iloc[list(rows)].to_dict("records")
-    return [render_multi_prompt(tokenizer, perspectives, str(r["query"]), item_text(r, fields), grade_names)
-            for r in records]
+    return [render_multi_prompt(tokenizer, perspectives, str(r["query"]), item_text(r, fields), grade_names,
+                                max_item_words) for r in records]
 
 
 # ------------------------------------------------------------------------------------ annotating
@@ -231,7 +278,7 @@ class AnnotationStats:
 def annotate_pool(model, tokenizer, frame: pd.DataFrame, rows: Sequence[int], perspectives: Sequence[Perspective],
                   grade_names: Sequence[str], writer: ArtefactWriter, *, batch_size: int = 8,
                   max_new_tokens: int = 256, latent: str = "hidden", embedder: SentenceEmbedder | None = None,
-                  shard_size: int = 256, progress: bool = True) -> AnnotationStats:
+                  shard_size: int = 256, progress: bool = True, max_item_words: int | None = None) -> AnnotationStats:
     """Annotate the dataset rows ``rows`` of ``frame`` into ``writer``'s artefact, shard by shard,
     skipping the pairs it already holds. Does not finalize the artefact (the caller does)."""
     if latent not in LATENT_SOURCES:
@@ -257,7 +304,7 @@ def annotate_pool(model, tokenizer, frame: pd.DataFrame, rows: Sequence[int], pe
             soft, latents = [], []
             for b in range(0, len(shard_rows), int(batch_size)):
                 batch_rows = shard_rows[b:b + int(batch_size)]
-                prompts = pair_prompts(tokenizer, frame, batch_rows, perspectives, grade_names)
+                prompts = pair_prompts(tokenizer, frame, batch_rows, perspectives, grade_names, max_item_words)
                 out = label_pairs(model, tokenizer, prompts, perspectives, grade_names, max_new_tokens,
                                   hidden=latent == "hidden", grade_ids=grade_ids)
                 for r in out.rationales:
@@ -290,9 +337,9 @@ def annotate_pool(model, tokenizer, frame: pd.DataFrame, rows: Sequence[int], pe
 # ------------------------------------------------------------------------------------ evaluating
 def evaluate_teacher(model, tokenizer, frame: pd.DataFrame, rows: Sequence[int], perspectives: Sequence[Perspective],
                      grade_names: Sequence[str], *, batch_size: int = 8, max_new_tokens: int = 256,
-                     progress: bool = True) -> dict[str, float]:
+                     progress: bool = True, max_item_words: int | None = None) -> dict[str, float]:
     """The teacher as a classifier on labelled rows: generate, then the argmax of the soft label at
-    the (teacher-forced) label position. Returns {macro_f1, qwk, accuracy, parse_rate, pairs}
+    the (teacher-forced) label position. Returns {macro_f1, qwk, ndcg@10, auc, accuracy, parse_rate, pairs}
     (:class:`lrkd.metrics.RelevanceMetrics`; unlabelled rows are skipped)."""
     rows = np.asarray([r for r in rows if int(frame["label"].iloc[int(r)]) != UNLABELLED], dtype=np.int64)
     metrics = RelevanceMetrics(LabelSet(tuple(grade_names)), prefix="")
@@ -304,7 +351,7 @@ def evaluate_teacher(model, tokenizer, frame: pd.DataFrame, rows: Sequence[int],
     try:
         for b in tqdm(range(0, len(rows), int(batch_size)), desc="evaluate teacher", disable=not progress):
             batch_rows = rows[b:b + int(batch_size)]
-            prompts = pair_prompts(tokenizer, frame, batch_rows, perspectives, grade_names)
+            prompts = pair_prompts(tokenizer, frame, batch_rows, perspectives, grade_names, max_item_words)
             out = label_pairs(model, tokenizer, prompts, perspectives, grade_names, max_new_tokens, grade_ids=grade_ids)
             parsed += sum(e is None for e in out.errors)
             metrics.update(torch.from_numpy(out.soft_labels),
@@ -316,9 +363,10 @@ def evaluate_teacher(model, tokenizer, frame: pd.DataFrame, rows: Sequence[int],
         return {"pairs": 0}
     values = metrics.compute()
     return {"macro_f1": float(values["macro_f1"]), "qwk": float(values["qwk"]),
+            "ndcg@10": float(values["ndcg@10"]), "auc": float(values["auc"]),
             "accuracy": float(values["accuracy"]), "parse_rate": parsed / len(rows), "pairs": int(len(rows))}
 
 
-__all__ = ["grade_token_ids", "label_prefix", "rationale_char_spans", "SentenceEmbedder", "LabelledBatch",
+__all__ = ["grade_token_ids", "GradeScorer", "label_prefix", "rationale_char_spans", "SentenceEmbedder", "LabelledBatch",
            "generate_completions", "score_label_position", "label_pairs", "pair_prompts", "AnnotationStats",
            "annotate_pool", "evaluate_teacher", "LATENT_SOURCES", "DEFAULT_SENTENCE_ENCODER"]

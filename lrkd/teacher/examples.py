@@ -33,7 +33,8 @@ from torch.utils.data import Dataset
 
 from lrkd.data.schema import UNLABELLED, DataError, text_fields
 from lrkd.data.tokenize import TokenizedView, cache_key, cache_path, item_text
-from lrkd.teacher.prompts import Perspective, format_multi_completion, prompt_add_special_tokens, render_multi_prompt
+from lrkd.teacher.prompts import (Perspective, clip_words, format_multi_completion, prompt_add_special_tokens,
+                                  render_multi_prompt)
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +86,17 @@ class _PairText:
     gold: str | None
 
 
-def _pair_texts(frame: pd.DataFrame, grade_names: Sequence[str]) -> dict[PairKey, _PairText]:
-    """(query_id, item_id) -> query, item text and gold grade name (None when unlabelled)."""
+def _pair_texts(frame: pd.DataFrame, grade_names: Sequence[str],
+                max_item_words: int | None = None) -> dict[PairKey, _PairText]:
+    """(query_id, item_id) -> query, item text (cut to ``max_item_words`` words) and gold grade name
+    (None when unlabelled)."""
     fields = text_fields(frame)
     out: dict[PairKey, _PairText] = {}
     for row in frame.to_dict("records"):
         label = int(row["label"])
         gold = None if label == UNLABELLED else str(grade_names[label])
-        out[(str(row["query_id"]), str(row["item_id"]))] = _PairText(str(row["query"]), item_text(row, fields), gold)
+        out[(str(row["query_id"]), str(row["item_id"]))] = _PairText(str(row["query"]),
+                                                                        clip_words(item_text(row, fields), max_item_words), gold)
     return out
 
 
@@ -130,9 +134,10 @@ def _lookup(texts: Mapping[PairKey, _PairText], key: PairKey) -> _PairText:
 
 
 def sft_examples(generations: pd.DataFrame, frame: pd.DataFrame, perspectives: Sequence[Perspective],
-                 grade_names: Sequence[str], tokenizer) -> list[SFTExample]:
-    """The SFT examples (see the module docstring), in sorted pair order."""
-    texts = _pair_texts(frame, grade_names)
+                 grade_names: Sequence[str], tokenizer, max_item_words: int | None = None) -> list[SFTExample]:
+    """The SFT examples (see the module docstring), in sorted pair order; prompts cut the item text
+    to ``max_item_words`` words (as generation and annotation do)."""
+    texts = _pair_texts(frame, grade_names, max_item_words)
     out = []
     for key, rationales in correct_rationale_sets(generations, perspectives).items():
         pair = _lookup(texts, key)
@@ -144,19 +149,19 @@ def sft_examples(generations: pd.DataFrame, frame: pd.DataFrame, perspectives: S
 
 
 def preference_pairs(generations: pd.DataFrame, frame: pd.DataFrame, perspectives: Sequence[Perspective],
-                     grade_names: Sequence[str], tokenizer, max_pairs: int | None = None) -> list[PreferencePair]:
+                     grade_names: Sequence[str], tokenizer, max_pairs: int | None = None,
+                     max_item_words: int | None = None) -> list[PreferencePair]:
     """The DPO pairs from conflict samples (see the module docstring).
 
     Identical rejected texts of one prompt are kept once. Order: every prompt's first conflict, then
     every prompt's second, ... (pairs sorted within each round), so that ``max_pairs`` keeps as many
     distinct prompts as it can.
     """
-    texts = _pair_texts(frame, grade_names)
+    texts = _pair_texts(frame, grade_names, max_item_words)
     correct = correct_rationale_sets(generations, perspectives)
     names = {p.name for p in perspectives}
     grades = {str(g) for g in grade_names}
     wrong = generations[~generations["correct"].fillna(False).astype(bool)
-                        & generations["parse_error"].isna()
                         & generations["label"].isin(grades)
                         & generations["perspective"].isin(names)
                         & generations["rationale"].fillna("").astype(str).str.strip().ne("")]

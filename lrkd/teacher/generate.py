@@ -2,6 +2,14 @@
 (rationale, label) and mark it ``correct`` when the label is the gold grade (rejection sampling;
 the incorrect ones are kept too, for preference pairs).
 
+Two-step answer extraction: a sample whose text has no parsable label (a small teacher often never
+writes the ``Label:`` line, or runs out of tokens) is given a grade drawn from the teacher's own
+probabilities after ``"<rationale>\nLabel:"`` (at the sampling temperature; the argmax when
+greedy) when a ``label_scorer`` is passed
+(:class:`lrkd.teacher.annotate.GradeScorer`, the local backend); its ``label_source`` is then
+``"scored"`` (``"parsed"`` for a label the text states) and its ``parse_error`` still records the
+format failure.
+
 Output directory::
 
     plan.json            what the shards hold (a fingerprint of pairs, prompts and sampling settings)
@@ -33,7 +41,7 @@ from lrkd.data.schema import DataError, text_fields
 from lrkd.data.tokenize import item_text
 from lrkd.teacher.backends import GenerationBackend, derive_seed
 from lrkd.teacher.parse import parse_single
-from lrkd.teacher.prompts import Perspective, render_perspective_prompt
+from lrkd.teacher.prompts import Perspective, clip_words, render_perspective_prompt
 
 log = logging.getLogger(__name__)
 _UMASK = os.umask(0o022)
@@ -42,9 +50,9 @@ os.umask(_UMASK)
 # query_id, item_id (str): the pair; perspective (name); sample (0..n-1); text: the raw completion;
 # rationale: parsed (the whole text when no label was found); label: the parsed grade name or None;
 # parse_error: None or a code of lrkd.teacher.parse.PARSE_ERRORS; correct: label == gold;
-# gold: the gold grade name.
+# gold: the gold grade name; label_source: "parsed" | "scored" (two-step extraction) | None (no label).
 ROW_COLUMNS = ("query_id", "item_id", "perspective", "sample", "text", "rationale", "label", "parse_error",
-               "correct", "gold")
+               "correct", "gold", "label_source")
 PLAN_FILE = "plan.json"
 STATS_FILE = "stats.json"
 
@@ -64,8 +72,10 @@ class Pair:
     gold: str
 
 
-def labelled_pairs(frame: pd.DataFrame, rows: Sequence[int], grade_names: Sequence[str]) -> list[Pair]:
-    """The pairs at ``rows`` (positions in ``frame``). Raises DataError on an unlabelled row."""
+def labelled_pairs(frame: pd.DataFrame, rows: Sequence[int], grade_names: Sequence[str],
+                   max_item_words: int | None = None) -> list[Pair]:
+    """The pairs at ``rows`` (positions in ``frame``), item text cut to ``max_item_words`` words.
+    Raises DataError on an unlabelled row."""
     fields = text_fields(frame)
     out = []
     for r in np.asarray(rows, dtype=np.int64).tolist():
@@ -74,8 +84,8 @@ def labelled_pairs(frame: pd.DataFrame, rows: Sequence[int], grade_names: Sequen
         if not 0 <= label < len(grade_names):
             raise DataError(f"MPCoT generation needs labelled pairs; label {label} is not a grade index of "
                             f"{list(grade_names)}", row=r, column="label")
-        out.append(Pair(str(row["query_id"]), str(row["item_id"]), str(row["query"]), item_text(row, fields),
-                        str(grade_names[label])))
+        out.append(Pair(str(row["query_id"]), str(row["item_id"]), str(row["query"]),
+                        clip_words(item_text(row, fields), max_item_words), str(grade_names[label])))
     return out
 
 
@@ -125,12 +135,14 @@ def _start_or_resume(out: Path, plan: dict) -> None:
 def generate_mpcot(frame: pd.DataFrame, rows: Sequence[int], perspectives: Sequence[Perspective],
                    grade_names: Sequence[str], backend: GenerationBackend, *, n: int, temperature: float,
                    max_new_tokens: int, seed: int, out_dir, shard_size: int = 256,
-                   tokenizer_for_prompts=None) -> dict:
+                   tokenizer_for_prompts=None, label_scorer=None, max_item_words: int | None = None) -> dict:
     """Sample, parse and filter MPCoT rationales for the pairs at ``rows`` into ``out_dir``.
 
     frame: a schema DataFrame; rows: positions of labelled pairs in it; grade_names: the label set's
     names (class index i = grade_names[i]); tokenizer_for_prompts: renders prompts with its chat
-    template (None: plain text, e.g. for a chat endpoint). Returns the statistics written to
+    template (None: plain text, e.g. for a chat endpoint); label_scorer: ``(prompts, rationales) ->
+    [B, C] probabilities`` for two-step extraction of missing labels (None: a sample without a
+    parsable label stays unlabelled); max_item_words: cut item texts in prompts. Returns the statistics written to
     ``stats.json`` plus ``this_run`` (shards generated/reused, samples generated, seconds, seconds
     per sample) for this call. A backend error propagates after the finished shards are saved.
     """
@@ -138,13 +150,14 @@ def generate_mpcot(frame: pd.DataFrame, rows: Sequence[int], perspectives: Seque
         raise ValueError(f"n and shard_size must be >= 1, got n={n}, shard_size={shard_size}")
     perspectives = list(perspectives)
     out = Path(out_dir)
-    pairs = labelled_pairs(frame, rows, grade_names)
+    pairs = labelled_pairs(frame, rows, grade_names, max_item_words)
     prompts = [[render_perspective_prompt(tokenizer_for_prompts, p, pair.query, pair.item, grade_names)
                 for p in perspectives] for pair in pairs]
     num_shards = (len(pairs) + shard_size - 1) // shard_size
     plan = {"num_pairs": len(pairs), "num_shards": num_shards, "shard_size": int(shard_size),
             "perspectives": [p.name for p in perspectives], "n": int(n), "temperature": float(temperature),
-            "max_new_tokens": int(max_new_tokens), "seed": int(seed), "grade_names": list(grade_names)}
+            "max_new_tokens": int(max_new_tokens), "seed": int(seed), "grade_names": list(grade_names),
+            "two_step_labels": label_scorer is not None}
     plan["fingerprint"] = _sha256({**plan, "pairs": [(p.query_id, p.item_id, p.gold) for p in pairs],
                                    "prompts": _sha256(prompts)})
     _start_or_resume(out, plan)
@@ -162,11 +175,15 @@ def generate_mpcot(frame: pd.DataFrame, rows: Sequence[int], perspectives: Seque
         if len(results) != len(flat) or any(len(r) != int(n) for r in results):
             raise RuntimeError(f"backend {type(backend).__name__} returned {len(results)} prompt results with "
                                f"{sorted({len(r) for r in results})} completions; expected {len(flat)} x {n}")
-        records = []
+        records, score_prompts = [], []
         for j in range(lo, hi):
             for k, p in enumerate(perspectives):
                 for sample, text in enumerate(results[(j - lo) * len(perspectives) + k]):
                     records.append(generation_row(pairs[j], p.name, sample, text, grade_names))
+                    score_prompts.append(prompts[j][k])
+        if label_scorer is not None:
+            add_scored_labels(records, score_prompts, label_scorer, grade_names, float(temperature),
+                              np.random.default_rng(derive_seed(seed, "labels", s)))
         _write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         generated += 1
         samples += len(records)
@@ -185,7 +202,38 @@ def generation_row(pair: Pair, perspective: str, sample: int, text: str, grade_n
     parsed = parse_single(text, grade_names)
     return {"query_id": pair.query_id, "item_id": pair.item_id, "perspective": perspective, "sample": int(sample),
             "text": str(text), "rationale": parsed.rationale, "label": parsed.label, "parse_error": parsed.error,
-            "correct": parsed.label is not None and parsed.label == pair.gold, "gold": pair.gold}
+            "correct": parsed.label is not None and parsed.label == pair.gold, "gold": pair.gold,
+            "label_source": "parsed" if parsed.label is not None else None}
+
+
+def sample_grades(probs: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
+    """Grade indices [B] from probabilities [B, C]: drawn from ``p^(1/T)`` renormalised (the label
+    token the model would sample at temperature T), the argmax when ``temperature <= 0``."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if float(temperature) <= 0:
+        return probs.argmax(axis=1)
+    logits = np.log(np.clip(probs, 1e-30, None)) / float(temperature)
+    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+    weights /= weights.sum(axis=1, keepdims=True)
+    return np.array([rng.choice(len(w), p=w) for w in weights], dtype=np.int64)
+
+
+def add_scored_labels(records: list[dict], prompts: Sequence[str], label_scorer, grade_names: Sequence[str],
+                      temperature: float = 0.0, rng: np.random.Generator | None = None) -> int:
+    """Two-step extraction in place: each record without a label but with a non-empty rationale
+    gets a grade read from ``label_scorer``'s probabilities after its rationale (sampled at
+    ``temperature`` with ``rng``, as the label token would have been; the argmax at 0), with
+    ``label_source="scored"`` and ``correct`` recomputed. ``prompts[i]`` is record i's prompt.
+    Returns how many were scored."""
+    todo = [i for i, r in enumerate(records) if r["label"] is None and str(r["rationale"]).strip()]
+    if not todo:
+        return 0
+    probs = np.asarray(label_scorer([prompts[i] for i in todo], [records[i]["rationale"] for i in todo]))
+    picks = sample_grades(probs, temperature, rng if rng is not None else np.random.default_rng(0))
+    for i, best in zip(todo, picks.tolist()):
+        label = str(grade_names[best])
+        records[i].update(label=label, label_source="scored", correct=label == records[i]["gold"])
+    return len(todo)
 
 
 def read_generations(out_dir) -> pd.DataFrame:
@@ -202,7 +250,7 @@ def read_generations(out_dir) -> pd.DataFrame:
     df = pd.DataFrame.from_records(records, columns=list(ROW_COLUMNS))
     df["sample"] = df["sample"].astype(np.int64)
     df["correct"] = df["correct"].astype(bool)
-    for column in ("label", "parse_error"):  # None (not NaN) where absent, as in the files
+    for column in ("label", "parse_error", "label_source"):  # None (not NaN) where absent, as in the files
         df[column] = df[column].astype(object).where(df[column].notna(), None)
     return df
 
@@ -213,11 +261,13 @@ def _rate(num: float, den: float) -> float | None:
 
 def _group_stats(df: pd.DataFrame) -> dict:
     parsed = df["parse_error"].isna()
+    labelled = df["label"].notna()
     correct = df["correct"].astype(bool)
-    lengths = df.loc[parsed, "rationale"].str.len()
+    lengths = df.loc[labelled, "rationale"].str.len()
     pairs = df.groupby(["query_id", "item_id"], sort=False)["correct"].any() if len(df) else pd.Series(dtype=bool)
-    return {"samples": int(len(df)), "parse_failures": int((~parsed).sum()),
-            "label_accuracy": _rate(correct.sum(), parsed.sum()), "kept_rate": _rate(correct.sum(), len(df)),
+    scored = df["label_source"].eq("scored") if "label_source" in df else pd.Series(False, index=df.index)
+    return {"samples": int(len(df)), "parse_failures": int((~parsed).sum()), "labels_scored": int(scored.sum()),
+            "label_accuracy": _rate(correct.sum(), labelled.sum()), "kept_rate": _rate(correct.sum(), len(df)),
             "mean_rationale_chars": float(lengths.mean()) if len(lengths) else None,
             "pairs": int(len(pairs)), "pairs_with_kept": int(pairs.sum()),
             "parse_errors": {str(k): int(v) for k, v in df["parse_error"].value_counts().sort_index().items()}}
@@ -225,8 +275,9 @@ def _group_stats(df: pd.DataFrame) -> dict:
 
 def generation_stats(df: pd.DataFrame, perspectives: Iterable[str]) -> dict:
     """Statistics of generation rows: ``{"per_perspective": {name: s}, "overall": s}`` with s =
-    samples, parse_failures (rows with a parse error), label_accuracy (correct / parsed; None when
-    nothing parsed), kept_rate (correct / samples), mean_rationale_chars (over parsed rows),
+    samples, parse_failures (rows with a parse error), labels_scored (labels from two-step
+    extraction), label_accuracy (correct / rows with a label, parsed or scored; None when none has
+    one), kept_rate (correct / samples), mean_rationale_chars (over rows with a label),
     pairs, pairs_with_kept (pairs with >= 1 correct sample), parse_errors ({code: count})."""
     return {"per_perspective": {p: _group_stats(df[df["perspective"] == p]) for p in perspectives},
             "overall": _group_stats(df)}
@@ -237,10 +288,12 @@ def format_stats_table(stats: dict) -> str:
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
 
-    lines = [f"{'perspective':<22} {'samples':>7} {'failed':>6} {'acc':>6} {'kept':>6} {'chars':>7} {'pairs_kept':>10}"]
+    lines = [f"{'perspective':<22} {'samples':>7} {'failed':>6} {'scored':>6} {'acc':>6} {'kept':>6} {'chars':>7} "
+             f"{'pairs_kept':>10}"]
     rows = list(stats["per_perspective"].items()) + [("all", stats["overall"])]
     for name, s in rows:
-        lines.append(f"{name:<22} {s['samples']:>7d} {s['parse_failures']:>6d} {fmt(s['label_accuracy'], '.3f'):>6} "
+        lines.append(f"{name:<22} {s['samples']:>7d} {s['parse_failures']:>6d} {s.get('labels_scored', 0):>6d} "
+                     f"{fmt(s['label_accuracy'], '.3f'):>6} "
                      f"{fmt(s['kept_rate'], '.3f'):>6} {fmt(s['mean_rationale_chars'], '.1f'):>7} "
                      f"{s['pairs_with_kept']:>4d}/{s['pairs']:<5d}")
     return "\n".join(lines)

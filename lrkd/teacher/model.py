@@ -40,7 +40,7 @@ PACKAGED_GGUF: dict[str, tuple[str, str]] = {
 DEFAULTS: dict[str, Any] = {
     "name": None, "model": None, "gguf_file": None, "config": None, "tokenizer": None, "dtype": "float32",
     "lora": None, "gradient_checkpointing": False, "trust_remote_code": False, "cache_dir": ".cache",
-    "init_seed": 0,
+    "init_seed": 0, "inference_dtype": None, "max_item_words": None,
 }
 CONVERTED_MARKER = "lrkd_converted_from.json"
 
@@ -215,6 +215,23 @@ def apply_lora(model, lora: Mapping):
                         lora_alpha=float(lora.get("alpha", 16)), lora_dropout=float(lora.get("dropout", 0.05)),
                         target_modules=lora.get("target_modules") or "all-linear")
     return get_peft_model(model, config)
+
+
+def inference_model(model, cfg, copy: bool = False):
+    """The model to generate, score and annotate with: in ``teacher.inference_dtype`` when set
+    (e.g. ``bfloat16``: about 2.5x faster on a CPU with AMX, see docs/ARCHITECTURE.md) and not the
+    model's dtype already, else ``model`` itself. ``copy=True`` casts a copy (the trained weights
+    stay as they are: evaluation between training steps); ``copy=False`` casts ``model`` in place
+    (inference-only stages)."""
+    import copy as _copy
+
+    name = _plain(cfg)["inference_dtype"]
+    if name is None:
+        return model
+    dtype = torch_dtype(name)
+    if next(model.parameters()).dtype == dtype:
+        return model
+    return (_copy.deepcopy(model) if copy else model).to(dtype)
 
 
 def load_teacher(cfg) -> tuple[Any, Any]:

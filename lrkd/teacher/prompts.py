@@ -60,28 +60,40 @@ def _grades(grade_names: Sequence[str]) -> str:
     return ", ".join(str(g) for g in grade_names)
 
 
-def _pair_block(query: str, item: str, grade_names: Sequence[str]) -> str:
+def clip_words(text: str, max_words: int | None) -> str:
+    """``text`` with whitespace collapsed, cut to its first ``max_words`` words (None: all) with
+    " ..." appended when cut. Keeps prompts short: prefill cost grows with prompt length."""
+    words = str(text).split()
+    if max_words is None or len(words) <= int(max_words):
+        return " ".join(words)
+    return " ".join(words[:int(max_words)]) + " ..."
+
+
+def _pair_block(query: str, item: str, grade_names: Sequence[str], max_item_words: int | None = None) -> str:
     return (f"Query: {' '.join(str(query).split())}\n"
-            f"Product: {' '.join(str(item).split())}\n"
+            f"Product: {clip_words(item, max_item_words)}\n"
             f"Grades, from most to least relevant: {_grades(grade_names)}.")
 
 
-def perspective_message(perspective: Perspective, query: str, item: str, grade_names: Sequence[str]) -> str:
-    """The user message of the per-perspective generation prompt (no chat template)."""
+def perspective_message(perspective: Perspective, query: str, item: str, grade_names: Sequence[str],
+                        max_item_words: int | None = None) -> str:
+    """The user message of the per-perspective generation prompt (no chat template); the item text
+    is cut to ``max_item_words`` words (None: whole)."""
     return (f"{TASK_INTRO}\n"
             f"Perspective: {perspective.title}. {perspective.instruction}\n"
-            f"{_pair_block(query, item, grade_names)}\n"
-            f"Reason in a few sentences from this perspective only, then end with one line "
+            f"{_pair_block(query, item, grade_names, max_item_words)}\n"
+            f"Reason in one or two sentences from this perspective only, then end with one line "
             f"\"{LABEL_PREFIX} <grade>\", where <grade> is one of: {_grades(grade_names)}.")
 
 
-def multi_message(perspectives: Sequence[Perspective], query: str, item: str, grade_names: Sequence[str]) -> str:
+def multi_message(perspectives: Sequence[Perspective], query: str, item: str, grade_names: Sequence[str],
+                  max_item_words: int | None = None) -> str:
     """The user message of the multi-perspective prompt (no chat template)."""
     lines = [f"{TASK_INTRO} Reason from each perspective below in turn:"]
     lines += [f"- {p.title}: {p.instruction}" for p in perspectives]
     headers = ", ".join(f"\"{p.title}: ...\"" for p in perspectives)
-    lines.append(_pair_block(query, item, grade_names))
-    lines.append(f"Write one line per perspective, in this order: {headers}. Then end with one line "
+    lines.append(_pair_block(query, item, grade_names, max_item_words))
+    lines.append(f"Write one short line per perspective, in this order: {headers}. Then end with one line "
                  f"\"{LABEL_PREFIX} <grade>\", where <grade> is one of: {_grades(grade_names)}.")
     return "\n".join(lines)
 
@@ -106,15 +118,17 @@ def render_message(tokenizer, message: str) -> str:
 
 
 def render_perspective_prompt(tokenizer, perspective: Perspective, query: str, item: str,
-                              grade_names: Sequence[str]) -> str:
-    """The generation prompt of one perspective for one pair (item = ``item_text(row, fields)``)."""
-    return render_message(tokenizer, perspective_message(perspective, query, item, grade_names))
+                              grade_names: Sequence[str], max_item_words: int | None = None) -> str:
+    """The generation prompt of one perspective for one pair (item = ``item_text(row, fields)``, cut
+    to ``max_item_words`` words; ``teacher.max_item_words`` in config)."""
+    return render_message(tokenizer, perspective_message(perspective, query, item, grade_names, max_item_words))
 
 
 def render_multi_prompt(tokenizer, perspectives: Sequence[Perspective], query: str, item: str,
-                        grade_names: Sequence[str]) -> str:
-    """The SFT/DPO/annotation prompt: all perspectives' instructions for one pair."""
-    return render_message(tokenizer, multi_message(perspectives, query, item, grade_names))
+                        grade_names: Sequence[str], max_item_words: int | None = None) -> str:
+    """The SFT/DPO/annotation prompt: all perspectives' instructions for one pair (item cut to
+    ``max_item_words`` words)."""
+    return render_message(tokenizer, multi_message(perspectives, query, item, grade_names, max_item_words))
 
 
 def one_line(text: str) -> str:
