@@ -167,6 +167,9 @@ def _temp_path(root: Path, stem: str, suffix: str) -> Path:
     """A fresh temp file name next to its final name (same filesystem, so os.replace is atomic)."""
     fd, name = tempfile.mkstemp(dir=root, prefix=f".{stem}.", suffix=suffix + _TEMP_SUFFIX)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)  # mkstemp makes it private; the artefact's files are ordinary files
     return Path(name)
 
 

@@ -30,10 +30,32 @@ def git_commit(root: Path) -> str | None:
         return None
 
 
+def unrecorded_annotation(folder: Path) -> dict:
+    """An annotation whose artefact was finalized but whose stage.json was never written (the run
+    was stopped during the optional test-split evaluation that follows): its wall time is the
+    manifest's creation to its last write."""
+    import datetime as dt
+
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    if not manifest.get("complete"):
+        raise SystemExit(f"{folder} holds an unfinished artefact (manifest 'complete' is false)")
+    created = dt.datetime.fromisoformat(manifest["created_at"])
+    finished = dt.datetime.fromtimestamp(manifest_path.stat().st_mtime, dt.timezone.utc)
+    return {"wall_time_s": round((finished - created).total_seconds(), 1),
+            "finished_at": finished.isoformat(timespec="seconds"), "fingerprint": manifest.get("extra", {}).get(
+                "stage_fingerprint"), "metrics": {"pairs": manifest.get("num_rows")},
+            "note": "no stage.json: the run was stopped during the stage's test-split evaluation, after the "
+                    "artefact was finalized; wall time = manifest created_at to its last write"}
+
+
 def provenance(work_dir: Path, command: str, config: Path | None, root: Path) -> dict:
     stages = {}
     for stage, folder in STAGES.items():
         record_path = work_dir / folder / "stage.json"
+        if not record_path.is_file() and stage == "teacher_annotate":
+            stages[stage] = unrecorded_annotation(work_dir / folder)
+            continue
         if not record_path.is_file():
             raise SystemExit(f"{record_path} is missing: the {stage} stage has not finished")
         record = json.loads(record_path.read_text())

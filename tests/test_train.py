@@ -112,7 +112,8 @@ def _fit(cfg, extra_callbacks=(), ckpt_path=None):
     from lrkd.stages.student import _instantiate_group, without_logger_callbacks
 
     L.seed_everything(cfg.seed, workers=True)
-    dm = instantiate(cfg.data, seed=cfg.seed, _recursive_=False)
+    needs_view = bool(instantiate(cfg.loss).needs_augmented_view)
+    dm = instantiate(cfg.data, seed=cfg.seed, with_augmented_view=needs_view, _recursive_=False)
     dm.setup("fit")
     model = StudentModule(encoder=cfg.student, extractor=cfg.extractor, loss=cfg.loss,
                           optimizer=cfg.optimizer, data_spec=dm.spec.to_dict())

@@ -200,7 +200,7 @@ def chorus_datamodule(tokenizer: str, max_length: int, batch_size: int = 64, cac
     cfg.data.eval_batch_size = int(batch_size)
     if cache_dir is not None:
         cfg.paths.cache_dir = str(cache_dir)
-    dm = instantiate(cfg.data, _recursive_=False)
+    dm = instantiate(cfg.data, annotations=None, _recursive_=False)  # the test split alone: no teacher needed
     dm.setup("test")
     return dm
 

@@ -11,9 +11,9 @@ import logging
 import time
 
 import numpy as np
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lrkd.stages.teacher_common import load_pairs
 from lrkd.stages.work_dir import (clear_stage_record, is_up_to_date, read_stage_record, stage_dir,
                                   stage_fingerprint, write_stage_record)
 
@@ -98,8 +98,7 @@ def run_teacher_generate(cfg: DictConfig) -> dict:
     started = time.time()
     out = stage_dir(cfg, OUTPUT)
     perspectives = perspectives_from_config(cfg.perspective)
-    dm = instantiate(cfg.data, seed=cfg.seed, _recursive_=False)
-    dm.setup("fit")
+    dm = load_pairs(cfg)  # the labelled pairs, without any annotation artefact
     fingerprint = stage_fingerprint(fingerprint_config(cfg), [dm.fingerprint])
     if is_up_to_date(out, fingerprint):
         record = read_stage_record(out)

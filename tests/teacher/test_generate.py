@@ -211,7 +211,7 @@ def test_stage_generates_then_reuses_with_a_fourth_perspective(make_cfg, tmp_pat
 
     # the pairs: 6 distinct labelled train pairs
     from hydra.utils import instantiate
-    dm = instantiate(cfg.data, seed=cfg.seed, _recursive_=False)
+    dm = instantiate(cfg.data, seed=cfg.seed, annotations=None, _recursive_=False)
     dm.setup("fit")
     train = dm.frame.iloc[dm.splits["train"]]
     keys = set(zip(train["query_id"].astype(str), train["item_id"].astype(str)))
