@@ -13,7 +13,30 @@ import torch
 from torch.utils.data import DistributedSampler, Sampler
 
 
-class EpochSeededSampler(Sampler[int]):
+class _ResumesMidEpoch:
+    """Mid-epoch resume shared by both samplers: iterate an epoch's ``order`` from the first index
+    not yet consumed, and keep ``{"epoch", "consumed", "seed"}`` in the state dict. Needs
+    ``epoch``, ``seed`` and ``num_samples`` (indices per epoch on this rank) from the sampler."""
+
+    _skip = 0
+    consumed = 0
+
+    def _resume(self, order):
+        start, self._skip = self._skip, 0
+        self.consumed = start
+        for i in order[start:]:
+            self.consumed += 1
+            yield i
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+        self._skip = int(state["consumed"]) % max(self.num_samples, 1)
+
+
+class EpochSeededSampler(_ResumesMidEpoch, Sampler[int]):
     """Random permutation of ``range(num_samples)`` seeded by ``seed + epoch``.
 
     ``state_dict``/``load_state_dict`` record how many indices of the current epoch were consumed,
@@ -39,25 +62,13 @@ class EpochSeededSampler(Sampler[int]):
         return torch.randperm(self.num_samples, generator=g).tolist()
 
     def __iter__(self):
-        order = self.permutation()
-        start, self._skip = self._skip, 0
-        self.consumed = start
-        for i in order[start:]:
-            self.consumed += 1
-            yield i
+        yield from self._resume(self.permutation())
 
     def __len__(self) -> int:
         return self.num_samples
 
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch = int(state["epoch"])
-        self._skip = int(state["consumed"]) % max(self.num_samples, 1)
-
-
-class DistributedEpochSeededSampler(DistributedSampler):
+class DistributedEpochSeededSampler(_ResumesMidEpoch, DistributedSampler):
     """This rank's share of the permutation of :class:`EpochSeededSampler` (the same order for
     ``seed + epoch``: torch's ``DistributedSampler`` draws it the same way), padded by repeating its
     start so that every rank gets ``ceil(N / world)`` indices (ranks must run the same number of
@@ -71,19 +82,7 @@ class DistributedEpochSeededSampler(DistributedSampler):
         self.consumed = 0
 
     def __iter__(self):
-        order = list(super().__iter__())
-        start, self._skip = self._skip, 0
-        self.consumed = start
-        for i in order[start:]:
-            self.consumed += 1
-            yield i
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch = int(state["epoch"])
-        self._skip = int(state["consumed"]) % max(self.num_samples, 1)
+        yield from self._resume(list(super().__iter__()))
 
 
 def batches_done_this_epoch(trainer) -> int:
