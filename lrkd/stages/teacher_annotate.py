@@ -94,11 +94,15 @@ def run_teacher_annotate(cfg: DictConfig) -> dict:
                             label_names=grade_names, vector_dim=vector_dim, dataset_fingerprint=dm.fingerprint,
                             extra={"stage_fingerprint": fingerprint, "source": str(cfg.stage.source),
                                    "latent": latent, "encoder": embedder.name if embedder else None,
+                                   "soft_labels": "calibrated" if cfg.stage.get("calibrate", False) else "raw",
+                                   "no_repeat_ngram_size": int(cfg.stage.get("no_repeat_ngram_size", 0) or 0),
                                    "pool_size": int(len(rows)), "teacher": plain(cfg.teacher)})
     stats = annotate_pool(model, tokenizer, dm.frame, ranks.shard(rows), perspectives, grade_names, writer,
                           batch_size=int(cfg.stage.batch_size), max_new_tokens=int(cfg.stage.max_new_tokens),
                           latent=latent, embedder=embedder, shard_size=int(cfg.stage.shard_size),
-                          max_item_words=cfg.teacher.get("max_item_words"))
+                          max_item_words=cfg.teacher.get("max_item_words"),
+                          calibrate=bool(cfg.stage.get("calibrate", False)),
+                          no_repeat_ngram_size=int(cfg.stage.get("no_repeat_ngram_size", 0) or 0))
     manifest = writer.finalize()
     stats = ranks.sum(stats)
     metrics = {"pairs": int(manifest.num_rows), "shards": len(manifest.shards), "written_now": stats.written,

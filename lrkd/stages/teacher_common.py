@@ -191,7 +191,9 @@ def evaluate_on_test(cfg: DictConfig, model, tokenizer, dm, perspectives, name: 
     result = evaluate_teacher(inference_model(model, cfg.teacher, copy=True), tokenizer, dm.frame, rows, perspectives,
                               list(dm.label_set.names), batch_size=int(cfg.stage.get("eval_batch_size", 8)),
                               max_new_tokens=int(cfg.stage.get("eval_max_new_tokens", 256)),
-                              max_item_words=cfg.teacher.get("max_item_words"))
+                              max_item_words=cfg.teacher.get("max_item_words"),
+                              calibrate=bool(cfg.stage.get("calibrate", False)),
+                              no_repeat_ngram_size=int(cfg.stage.get("no_repeat_ngram_size", 0) or 0))
     log.info("teacher (%s) on %d test pairs: %s", name, len(rows), result)
     return {f"eval/{name}/{k}": v for k, v in result.items()}
 

@@ -9,7 +9,10 @@ Per pair, in batches:
    generation this is the generated text itself, and it is written even when the generation never
    reached a label), and read at its last position:
    - the soft label p_T(y|x): softmax over the logits of each grade's first token
-     (:func:`grade_token_ids`);
+     (:func:`grade_token_ids`); with ``calibrate``, divided by the same reading after the
+     content-free completion (every rationale empty) and renormalised
+     (:func:`contextual_calibration`), so that it reflects what the rationales add to the
+     teacher's prior rather than the grade listed first;
    - with ``latent="hidden"``, the latent target e_k of perspective k: the mean of the teacher's
      last-layer hidden states over the tokens of rationale k (over its title's tokens when the
      rationale is empty). D = the teacher's hidden size.
@@ -152,13 +155,18 @@ def _device(model) -> torch.device:
 
 
 @torch.no_grad()
-def generate_completions(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int) -> list[str]:
-    """Greedy completions (decoded, special tokens dropped) of left-padded prompts."""
+def generate_completions(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
+                         no_repeat_ngram_size: int = 0) -> list[str]:
+    """Greedy completions (decoded, special tokens dropped) of left-padded prompts.
+
+    no_repeat_ngram_size: n > 0 forbids any n-gram of the completion to occur twice (transformers'
+    ``no_repeat_ngram_size``); greedy decoding of a small teacher otherwise loops on one phrase."""
     batch = left_pad(prompt_ids, tokenizer.pad_token_id)
     device = _device(model)
+    extra = {"no_repeat_ngram_size": int(no_repeat_ngram_size)} if int(no_repeat_ngram_size or 0) > 0 else {}
     out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                          max_new_tokens=int(max_new_tokens), do_sample=False, temperature=None, top_p=None, top_k=None,
-                         pad_token_id=tokenizer.pad_token_id)
+                         pad_token_id=tokenizer.pad_token_id, **extra)
     return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
@@ -177,6 +185,18 @@ def score_label_position(model, prompt_ids: Sequence[Sequence[int]], prefix_ids:
     probs = grade_logits.softmax(dim=-1).cpu().numpy().astype(np.float32)
     states = out.hidden_states[-1].float() if hidden else None
     return probs, states, batch["input_ids"].shape[1]
+
+
+def contextual_calibration(probs: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """Contextual calibration (Zhao et al. 2021): ``probs / prior``, renormalised per row.
+
+    probs, prior: [B, C] probabilities (a row of ``prior`` is the same prompt's reading with no
+    content); returns [B, C] float32 rows that sum to 1. ``prior`` is clipped at 1e-12."""
+    probs, prior = np.asarray(probs, np.float64), np.asarray(prior, np.float64)
+    if probs.shape != prior.shape:
+        raise ValueError(f"probs {probs.shape} and prior {prior.shape} must have the same shape")
+    ratio = probs / np.clip(prior, 1e-12, None)
+    return (ratio / ratio.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 class GradeScorer:
@@ -205,8 +225,7 @@ class GradeScorer:
             return probs
         unique = list(dict.fromkeys(prompts))
         prior = dict(zip(unique, self._score(unique, [LABEL_PREFIX] * len(unique))))
-        ratio = probs / np.stack([np.clip(prior[p], 1e-12, None) for p in prompts])
-        return (ratio / ratio.sum(axis=1, keepdims=True)).astype(np.float32)
+        return contextual_calibration(probs, np.stack([prior[p] for p in prompts]))
 
     @torch.no_grad()
     def _score(self, prompts: Sequence[str], prefixes: Sequence[str]) -> np.ndarray:
@@ -228,17 +247,25 @@ class GradeScorer:
 
 def label_pairs(model, tokenizer, prompts: Sequence[str], perspectives: Sequence[Perspective],
                 grade_names: Sequence[str], max_new_tokens: int, hidden: bool = False,
-                grade_ids: Sequence[int] | None = None) -> LabelledBatch:
-    """Generate, parse and score one batch of prompts (see the module docstring)."""
+                grade_ids: Sequence[int] | None = None, calibrate: bool = False,
+                no_repeat_ngram_size: int = 0) -> LabelledBatch:
+    """Generate, parse and score one batch of prompts (see the module docstring). calibrate: the
+    soft labels are contextually calibrated by the content-free completion (all rationales empty)."""
     grade_ids = list(grade_ids) if grade_ids is not None else grade_token_ids(tokenizer, grade_names)
     prompt_ids = encode_prompts(tokenizer, prompts)
-    texts = generate_completions(model, tokenizer, prompt_ids, max_new_tokens)
+    texts = generate_completions(model, tokenizer, prompt_ids, max_new_tokens,
+                                 no_repeat_ngram_size=no_repeat_ngram_size)
     parsed = [parse_multi(t, perspectives, grade_names) for t in texts]
     rationales = [{p.name: one_line(r.rationales.get(p.name, "")) for p in perspectives} for r in parsed]
     prefixes = [label_prefix(r, perspectives, grade_names) for r in rationales]
     prefix_ids = encode_completions(tokenizer, prefixes, add_eos=False)
     probs, states, width = score_label_position(model, prompt_ids, prefix_ids, grade_ids, tokenizer.pad_token_id,
                                                 hidden=hidden)
+    if calibrate:
+        empty_ids = encode_completions(tokenizer, [label_prefix({}, perspectives, grade_names)], add_eos=False)
+        prior, _, _ = score_label_position(model, prompt_ids, empty_ids * len(prompt_ids), grade_ids,
+                                           tokenizer.pad_token_id)
+        probs = contextual_calibration(probs, prior)
     latents = None
     if hidden:
         latents = np.zeros((len(prompts), len(perspectives), states.shape[-1]), np.float32)
@@ -278,9 +305,11 @@ class AnnotationStats:
 def annotate_pool(model, tokenizer, frame: pd.DataFrame, rows: Sequence[int], perspectives: Sequence[Perspective],
                   grade_names: Sequence[str], writer: ArtefactWriter, *, batch_size: int = 8,
                   max_new_tokens: int = 256, latent: str = "hidden", embedder: SentenceEmbedder | None = None,
-                  shard_size: int = 256, progress: bool = True, max_item_words: int | None = None) -> AnnotationStats:
+                  shard_size: int = 256, progress: bool = True, max_item_words: int | None = None,
+                  calibrate: bool = False, no_repeat_ngram_size: int = 0) -> AnnotationStats:
     """Annotate the dataset rows ``rows`` of ``frame`` into ``writer``'s artefact, shard by shard,
-    skipping the pairs it already holds. Does not finalize the artefact (the caller does)."""
+    skipping the pairs it already holds. Does not finalize the artefact (the caller does).
+    calibrate, no_repeat_ngram_size: see :func:`label_pairs` and :func:`generate_completions`."""
     if latent not in LATENT_SOURCES:
         raise ValueError(f"latent must be one of {LATENT_SOURCES}, got {latent!r}")
     if latent == "sentence_encoder" and embedder is None:
@@ -306,7 +335,8 @@ def annotate_pool(model, tokenizer, frame: pd.DataFrame, rows: Sequence[int], pe
                 batch_rows = shard_rows[b:b + int(batch_size)]
                 prompts = pair_prompts(tokenizer, frame, batch_rows, perspectives, grade_names, max_item_words)
                 out = label_pairs(model, tokenizer, prompts, perspectives, grade_names, max_new_tokens,
-                                  hidden=latent == "hidden", grade_ids=grade_ids)
+                                  hidden=latent == "hidden", grade_ids=grade_ids, calibrate=calibrate,
+                                  no_repeat_ngram_size=no_repeat_ngram_size)
                 for r in out.rationales:
                     for p in perspectives:
                         rationales[p.name].append(r[p.name])
@@ -337,9 +367,11 @@ def annotate_pool(model, tokenizer, frame: pd.DataFrame, rows: Sequence[int], pe
 # ------------------------------------------------------------------------------------ evaluating
 def evaluate_teacher(model, tokenizer, frame: pd.DataFrame, rows: Sequence[int], perspectives: Sequence[Perspective],
                      grade_names: Sequence[str], *, batch_size: int = 8, max_new_tokens: int = 256,
-                     progress: bool = True, max_item_words: int | None = None) -> dict[str, float]:
+                     progress: bool = True, max_item_words: int | None = None, calibrate: bool = False,
+                     no_repeat_ngram_size: int = 0) -> dict[str, float]:
     """The teacher as a classifier on labelled rows: generate, then the argmax of the soft label at
-    the (teacher-forced) label position. Returns {macro_f1, qwk, ndcg@10, auc, accuracy, parse_rate, pairs}
+    the (teacher-forced) label position (calibrated with ``calibrate``, as the annotation's).
+    Returns {macro_f1, qwk, ndcg@10, auc, accuracy, parse_rate, pairs}
     (:class:`lrkd.metrics.RelevanceMetrics`; unlabelled rows are skipped)."""
     rows = np.asarray([r for r in rows if int(frame["label"].iloc[int(r)]) != UNLABELLED], dtype=np.int64)
     metrics = RelevanceMetrics(LabelSet(tuple(grade_names)), prefix="")
@@ -352,7 +384,8 @@ def evaluate_teacher(model, tokenizer, frame: pd.DataFrame, rows: Sequence[int],
         for b in tqdm(range(0, len(rows), int(batch_size)), desc="evaluate teacher", disable=not progress):
             batch_rows = rows[b:b + int(batch_size)]
             prompts = pair_prompts(tokenizer, frame, batch_rows, perspectives, grade_names, max_item_words)
-            out = label_pairs(model, tokenizer, prompts, perspectives, grade_names, max_new_tokens, grade_ids=grade_ids)
+            out = label_pairs(model, tokenizer, prompts, perspectives, grade_names, max_new_tokens, grade_ids=grade_ids,
+                              calibrate=calibrate, no_repeat_ngram_size=no_repeat_ngram_size)
             parsed += sum(e is None for e in out.errors)
             metrics.update(torch.from_numpy(out.soft_labels),
                            torch.as_tensor(frame["label"].to_numpy()[batch_rows], dtype=torch.long),
@@ -367,6 +400,6 @@ def evaluate_teacher(model, tokenizer, frame: pd.DataFrame, rows: Sequence[int],
             "accuracy": float(values["accuracy"]), "parse_rate": parsed / len(rows), "pairs": int(len(rows))}
 
 
-__all__ = ["grade_token_ids", "GradeScorer", "label_prefix", "rationale_char_spans", "SentenceEmbedder", "LabelledBatch",
+__all__ = ["grade_token_ids", "contextual_calibration", "GradeScorer", "label_prefix", "rationale_char_spans", "SentenceEmbedder", "LabelledBatch",
            "generate_completions", "score_label_position", "label_pairs", "pair_prompts", "AnnotationStats",
            "annotate_pool", "evaluate_teacher", "LATENT_SOURCES", "DEFAULT_SENTENCE_ENCODER"]

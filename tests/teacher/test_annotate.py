@@ -54,7 +54,7 @@ def test_hidden_latents_average_each_rationales_tokens(teacher, monkeypatch):
     model, tok = teacher
     persp = perspectives(*PERSPECTIVES)
     text = "User intent: fits the need\nStructured analysis: brand matches\nLabel: good"
-    monkeypatch.setattr(annotate_lib, "generate_completions", lambda m, t, ids, n: [text] * len(ids))
+    monkeypatch.setattr(annotate_lib, "generate_completions", lambda m, t, ids, n, **kw: [text] * len(ids))
     prompts = pair_prompts(tok, pair_frame(), [0, 3], persp, GRADES)
     out = label_pairs(model, tok, prompts, persp, GRADES, max_new_tokens=4, hidden=True)
     assert out.labels == ["good", "good"] and out.errors == [None, None]
@@ -142,7 +142,7 @@ def test_sentence_encoder_latents_embed_each_rationale(teacher, tmp_path, monkey
     model, tok = teacher
     persp = perspectives(*PERSPECTIVES)
     text = "User intent: a notebook for work\nStructured analysis: brand matches\nLabel: perfect"
-    monkeypatch.setattr(annotate_lib, "generate_completions", lambda m, t, ids, n: [text] * len(ids))
+    monkeypatch.setattr(annotate_lib, "generate_completions", lambda m, t, ids, n, **kw: [text] * len(ids))
     embedder = SentenceEmbedder(max_length=32)
     assert embedder.dim == 384
     frame = pair_frame()
@@ -160,7 +160,7 @@ def test_evaluate_teacher_scores_the_soft_label_argmax(teacher, monkeypatch):
     persp = perspectives(*PERSPECTIVES)
     frame = pair_frame()  # gold labels: perfect, poor, good, fair
     # a teacher that always answers "perfect" with certainty: accuracy 1/4, one class predicted
-    def certain(m, t, prompts, p, g, n, hidden=False, grade_ids=None):
+    def certain(m, t, prompts, p, g, n, hidden=False, grade_ids=None, **kw):
         out = annotate_lib.LabelledBatch([""] * len(prompts), [{}] * len(prompts), ["perfect"] * len(prompts),
                                          [None] * len(prompts), np.tile(np.eye(4, dtype=np.float32)[0], (len(prompts), 1)))
         return out
@@ -170,3 +170,65 @@ def test_evaluate_teacher_scores_the_soft_label_argmax(teacher, monkeypatch):
     assert result["accuracy"] == pytest.approx(0.25)
     assert result["macro_f1"] == pytest.approx((2 * 1 * 0.25 / 1.25) / 4)  # F1(perfect) = 0.4, others 0
     assert result["pairs"] == 4 and result["parse_rate"] == 1.0
+
+
+def test_contextual_calibration_against_hand_computed_rows():
+    from lrkd.teacher.annotate import contextual_calibration
+
+    probs = np.array([[0.9, 0.05, 0.05], [0.5, 0.25, 0.25]])
+    prior = np.array([[0.8, 0.1, 0.1], [0.5, 0.25, 0.25]])
+    # row 0: ratios 1.125, 0.5, 0.5 -> / 2.125; row 1: the prior itself -> uniform
+    expected = np.array([[1.125 / 2.125, 0.5 / 2.125, 0.5 / 2.125], [1 / 3, 1 / 3, 1 / 3]])
+    out = contextual_calibration(probs, prior)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="same shape"):
+        contextual_calibration(probs, prior[:1])
+
+
+def test_calibrated_soft_labels_divide_by_the_content_free_completion(teacher):
+    model, tok = teacher
+    persp = perspectives(*PERSPECTIVES)
+    prompts = pair_prompts(tok, pair_frame(), [0, 2, 3], persp, GRADES)
+    raw = label_pairs(model, tok, prompts, persp, GRADES, max_new_tokens=6)
+    calibrated = label_pairs(model, tok, prompts, persp, GRADES, max_new_tokens=6, calibrate=True)
+    assert calibrated.rationales == raw.rationales  # greedy: the same completions
+    grade_ids = tok.convert_tokens_to_ids(GRADES)
+    empty = label_prefix({}, persp, GRADES)
+    assert empty == "User intent: \nStructured analysis: \nLabel:"
+
+    def probs(prompt, prefix):
+        ids = torch.tensor([encode_prompts(tok, [prompt])[0] + encode_completions(tok, [prefix], add_eos=False)[0]])
+        with torch.no_grad():
+            return model(input_ids=ids).logits[0, -1][grade_ids].softmax(-1).double().numpy()
+
+    for i, prompt in enumerate(prompts):
+        ratio = probs(prompt, label_prefix(raw.rationales[i], persp, GRADES)) / probs(prompt, empty)
+        np.testing.assert_allclose(calibrated.soft_labels[i], ratio / ratio.sum(), atol=1e-5)
+    assert not np.allclose(calibrated.soft_labels, raw.soft_labels, atol=1e-3)
+
+
+def test_no_repeat_ngram_size_stops_greedy_loops(teacher, monkeypatch):
+    from lrkd.teacher.annotate import generate_completions
+
+    model, tok = teacher
+    prompt_ids = encode_prompts(tok, pair_prompts(tok, pair_frame(), [0, 1, 2, 3], perspectives(*PERSPECTIVES), GRADES))
+    generated = []
+    real_generate = model.generate
+
+    def spy(**kwargs):  # keep the generated token ids (decoded text does not round-trip WordPiece)
+        out = real_generate(**kwargs)
+        generated.append(out[:, kwargs["input_ids"].shape[1]:].tolist())
+        return out
+
+    monkeypatch.setattr(model, "generate", spy)
+
+    def repeated_trigrams(ids):
+        ids = [i for i in ids if i != tok.pad_token_id]
+        grams = [tuple(ids[i:i + 3]) for i in range(len(ids) - 2)]
+        return len(grams) - len(set(grams))
+
+    generate_completions(model, tok, prompt_ids, max_new_tokens=64)
+    assert sum(map(repeated_trigrams, generated[-1])) > 0  # the tiny random teacher loops under plain greedy
+    generate_completions(model, tok, prompt_ids, max_new_tokens=64, no_repeat_ngram_size=3)
+    assert [repeated_trigrams(ids) for ids in generated[-1]] == [0, 0, 0, 0]
