@@ -154,16 +154,46 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+class CompletionNoRepeatNGram:
+    """A ``transformers`` logits processor: no n-gram of the completion may occur twice in it.
+
+    Unlike ``generate(no_repeat_ngram_size=n)``, which also counts the prompt's n-grams (and so
+    forbids the completion's ``User intent:`` because the prompt names that section), only the
+    tokens after the first ``start`` positions (the left-padded prompt width) count.
+    input_ids [B, T] long; scores [B, V] float, the banned next tokens set to -inf."""
+
+    def __init__(self, n: int, start: int):
+        if int(n) < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        self.n, self.start = int(n), int(start)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        n = self.n
+        completions = input_ids[:, self.start:].tolist()
+        for b, seq in enumerate(completions):
+            if len(seq) < n - 1:
+                continue
+            head = seq[len(seq) - (n - 1):] if n > 1 else []
+            banned = [seq[i + n - 1] for i in range(len(seq) - n + 1) if seq[i:i + n - 1] == head]
+            if banned:
+                scores[b, banned] = float("-inf")
+        return scores
+
+
 @torch.no_grad()
 def generate_completions(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
                          no_repeat_ngram_size: int = 0) -> list[str]:
     """Greedy completions (decoded, special tokens dropped) of left-padded prompts.
 
-    no_repeat_ngram_size: n > 0 forbids any n-gram of the completion to occur twice (transformers'
-    ``no_repeat_ngram_size``); greedy decoding of a small teacher otherwise loops on one phrase."""
+    no_repeat_ngram_size: n > 0 forbids any n-gram of the completion to occur twice in it
+    (:class:`CompletionNoRepeatNGram`); greedy decoding of a small teacher otherwise loops on one phrase."""
+    from transformers import LogitsProcessorList
+
     batch = left_pad(prompt_ids, tokenizer.pad_token_id)
     device = _device(model)
-    extra = {"no_repeat_ngram_size": int(no_repeat_ngram_size)} if int(no_repeat_ngram_size or 0) > 0 else {}
+    width = batch["input_ids"].shape[1]
+    extra = ({"logits_processor": LogitsProcessorList([CompletionNoRepeatNGram(int(no_repeat_ngram_size), width)])}
+             if int(no_repeat_ngram_size or 0) > 0 else {})
     out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                          max_new_tokens=int(max_new_tokens), do_sample=False, temperature=None, top_p=None, top_k=None,
                          pad_token_id=tokenizer.pad_token_id, **extra)
@@ -400,6 +430,6 @@ def evaluate_teacher(model, tokenizer, frame: pd.DataFrame, rows: Sequence[int],
             "accuracy": float(values["accuracy"]), "parse_rate": parsed / len(rows), "pairs": int(len(rows))}
 
 
-__all__ = ["grade_token_ids", "contextual_calibration", "GradeScorer", "label_prefix", "rationale_char_spans", "SentenceEmbedder", "LabelledBatch",
+__all__ = ["grade_token_ids", "contextual_calibration", "CompletionNoRepeatNGram", "GradeScorer", "label_prefix", "rationale_char_spans", "SentenceEmbedder", "LabelledBatch",
            "generate_completions", "score_label_position", "label_pairs", "pair_prompts", "AnnotationStats",
            "annotate_pool", "evaluate_teacher", "LATENT_SOURCES", "DEFAULT_SENTENCE_ENCODER"]

@@ -232,3 +232,19 @@ def test_no_repeat_ngram_size_stops_greedy_loops(teacher, monkeypatch):
     assert sum(map(repeated_trigrams, generated[-1])) > 0  # the tiny random teacher loops under plain greedy
     generate_completions(model, tok, prompt_ids, max_new_tokens=64, no_repeat_ngram_size=3)
     assert [repeated_trigrams(ids) for ids in generated[-1]] == [0, 0, 0, 0]
+
+
+def test_completion_no_repeat_ngram_counts_only_the_completion():
+    from lrkd.teacher.annotate import CompletionNoRepeatNGram
+
+    prompt = [1, 2, 3]
+    ban = CompletionNoRepeatNGram(3, start=len(prompt))
+    # completion [1, 2]: the prompt's (1, 2, 3) does not count, so nothing is banned
+    scores = ban(torch.tensor([prompt + [1, 2]]), torch.zeros(1, 6))
+    assert torch.isfinite(scores).all()
+    # completion [1, 2, 3, 1, 2]: (1, 2) -> 3 was written before: 3 is banned, nothing else
+    # completion [5, 5, 5]: (5, 5) -> 5 was written before
+    scores = ban(torch.tensor([prompt + [1, 2, 3, 1, 2], prompt + [0, 0, 5, 5, 5]]), torch.zeros(2, 6))
+    assert torch.isinf(scores).nonzero().tolist() == [[0, 3], [1, 5]]
+    with pytest.raises(ValueError):
+        CompletionNoRepeatNGram(0, 3)
