@@ -20,8 +20,8 @@ import time
 
 from omegaconf import DictConfig
 
-from lrkd.stages.teacher_common import (MODEL_FOLDER, evaluate_on_test, fingerprint_config, inference_device,
-                                        load_pairs, plain, pool_rows, require_finished, stage_folder)
+from lrkd.stages.teacher_common import (MODEL_FOLDER, decoding_options, evaluate_on_test, fingerprint_config,
+                                        inference_device, load_pairs, plain, pool_rows, require_finished, stage_folder)
 from lrkd.stages.work_dir import clear_stage_record, is_up_to_date, read_stage_record, stage_fingerprint, write_stage_record
 
 log = logging.getLogger(__name__)
@@ -88,21 +88,20 @@ def run_teacher_annotate(cfg: DictConfig) -> dict:
     else:
         text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         vector_dim = int(text_config.hidden_size)
+    decoding = decoding_options(cfg)
     rows = pool_rows(dm.frame, dm.splits, plain(cfg.stage.splits), cfg.stage.get("max_pairs"), int(cfg.seed))
     teacher_id = f"{cfg.teacher.name}:{cfg.stage.source}" + (f" ({model_dir})" if model_dir else "")
     writer = artefact_writer(out, ranks, teacher_id=teacher_id, perspectives=[p.name for p in perspectives],
                             label_names=grade_names, vector_dim=vector_dim, dataset_fingerprint=dm.fingerprint,
                             extra={"stage_fingerprint": fingerprint, "source": str(cfg.stage.source),
                                    "latent": latent, "encoder": embedder.name if embedder else None,
-                                   "soft_labels": "calibrated" if cfg.stage.get("calibrate", False) else "raw",
-                                   "no_repeat_ngram_size": int(cfg.stage.get("no_repeat_ngram_size", 0) or 0),
+                                   "soft_labels": "calibrated" if decoding["calibrate"] else "raw",
+                                   "no_repeat_ngram_size": decoding["no_repeat_ngram_size"],
                                    "pool_size": int(len(rows)), "teacher": plain(cfg.teacher)})
     stats = annotate_pool(model, tokenizer, dm.frame, ranks.shard(rows), perspectives, grade_names, writer,
                           batch_size=int(cfg.stage.batch_size), max_new_tokens=int(cfg.stage.max_new_tokens),
                           latent=latent, embedder=embedder, shard_size=int(cfg.stage.shard_size),
-                          max_item_words=cfg.teacher.get("max_item_words"),
-                          calibrate=bool(cfg.stage.get("calibrate", False)),
-                          no_repeat_ngram_size=int(cfg.stage.get("no_repeat_ngram_size", 0) or 0))
+                          max_item_words=cfg.teacher.get("max_item_words"), **decoding)
     manifest = writer.finalize()
     stats = ranks.sum(stats)
     metrics = {"pairs": int(manifest.num_rows), "shards": len(manifest.shards), "written_now": stats.written,

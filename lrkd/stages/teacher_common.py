@@ -177,6 +177,13 @@ def inference_device(cfg: DictConfig) -> torch.device:
     return torch.device(name)
 
 
+def decoding_options(cfg: DictConfig) -> dict:
+    """The stage's greedy-labelling options for :func:`lrkd.teacher.annotate.label_pairs`:
+    ``{"calibrate": bool, "no_repeat_ngram_size": int}`` (off when the stage config lacks them)."""
+    return {"calibrate": bool(cfg.stage.get("calibrate", False)),
+            "no_repeat_ngram_size": int(cfg.stage.get("no_repeat_ngram_size", 0) or 0)}
+
+
 def evaluate_on_test(cfg: DictConfig, model, tokenizer, dm, perspectives, name: str) -> dict[str, float]:
     """``stage.evaluate``: the teacher's macro-F1 / QWK on (at most ``stage.eval_max_pairs`` of) the
     labelled test pairs, as ``{"eval/<name>/<metric>": value}``; {} when evaluation is off."""
@@ -191,9 +198,7 @@ def evaluate_on_test(cfg: DictConfig, model, tokenizer, dm, perspectives, name: 
     result = evaluate_teacher(inference_model(model, cfg.teacher, copy=True), tokenizer, dm.frame, rows, perspectives,
                               list(dm.label_set.names), batch_size=int(cfg.stage.get("eval_batch_size", 8)),
                               max_new_tokens=int(cfg.stage.get("eval_max_new_tokens", 256)),
-                              max_item_words=cfg.teacher.get("max_item_words"),
-                              calibrate=bool(cfg.stage.get("calibrate", False)),
-                              no_repeat_ngram_size=int(cfg.stage.get("no_repeat_ngram_size", 0) or 0))
+                              max_item_words=cfg.teacher.get("max_item_words"), **decoding_options(cfg))
     log.info("teacher (%s) on %d test pairs: %s", name, len(rows), result)
     return {f"eval/{name}/{k}": v for k, v in result.items()}
 

@@ -197,7 +197,7 @@ def generate_completions(model, tokenizer, prompt_ids: Sequence[Sequence[int]], 
     out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                          max_new_tokens=int(max_new_tokens), do_sample=False, temperature=None, top_p=None, top_k=None,
                          pad_token_id=tokenizer.pad_token_id, **extra)
-    return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
 
 
 @torch.no_grad()
@@ -430,6 +430,6 @@ def evaluate_teacher(model, tokenizer, frame: pd.DataFrame, rows: Sequence[int],
             "accuracy": float(values["accuracy"]), "parse_rate": parsed / len(rows), "pairs": int(len(rows))}
 
 
-__all__ = ["grade_token_ids", "contextual_calibration", "CompletionNoRepeatNGram", "GradeScorer", "label_prefix", "rationale_char_spans", "SentenceEmbedder", "LabelledBatch",
-           "generate_completions", "score_label_position", "label_pairs", "pair_prompts", "AnnotationStats",
+__all__ = ["grade_token_ids", "contextual_calibration", "CompletionNoRepeatNGram", "GradeScorer", "label_prefix",
+           "rationale_char_spans", "SentenceEmbedder", "LabelledBatch", "generate_completions", "score_label_position", "label_pairs", "pair_prompts", "AnnotationStats",
            "annotate_pool", "evaluate_teacher", "LATENT_SOURCES", "DEFAULT_SENTENCE_ENCODER"]

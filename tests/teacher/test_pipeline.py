@@ -89,6 +89,8 @@ def test_a_fourth_perspective_reaches_the_artefact_and_the_student_extractor(mak
     art = load_artefact(result["artefact"])
     assert art.manifest.perspectives == ("user_intent", "structured_analysis", "business_rules", "price_check")
     assert art.latents.shape == (4, 4, 32) and len(art.rationales["price_check"]) == 4
+    # the stage's labelling defaults (conf/stage/teacher_annotate.yaml) reach the run and its manifest
+    assert (art.manifest.extra["soft_labels"], art.manifest.extra["no_repeat_ngram_size"]) == ("calibrated", 3)
 
     student = make_cfg("extractor=mlp", "loss=full", fourth, f"data.annotations={result['artefact']}",
                        "trainer.fast_dev_run=true", "data.batch_size=8", "callbacks.progress_bar=null")
