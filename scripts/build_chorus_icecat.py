@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Build the embedded dataset ``datasets/chorus_icecat/pairs.parquet`` from the Chorus files.
+"""Build the embedded dataset ``datasets/chorus_icecat/{pairs,catalogue}.parquet`` from the Chorus files.
 
 Joins ``Broad_Query_Set_rated.csv`` (query, docid, rating 0-3) with the Open Icecat products in
 ``icecat_vectors/*.json.zip`` (only the rated docids) and the three raters' scores in
@@ -18,7 +18,14 @@ Joins ``Broad_Query_Set_rated.csv`` (query, docid, rating 0-3) with the Open Ice
 
 Rows in the order of rated.csv; Parquet with zstd compression.
 
-    python scripts/build_chorus_icecat.py [--input DIR] [--output FILE] [--max-attributes 30]
+It also writes ``catalogue.parquet``: every Icecat product of ``icecat_vectors/*.json.zip`` (the
+judged ones and the rest), one row each in archive order, with the item columns above (item_id,
+item_title, brand, description, attributes) rendered exactly as in pairs.parquet. It is the
+catalogue that ``lrkd.data.pool`` retrieves unlabelled candidates from. Products with neither a
+title nor a name are left out (an item needs a title).
+
+    python scripts/build_chorus_icecat.py [--input DIR] [--output FILE] [--catalogue FILE]
+        [--only {all,pairs,catalogue}] [--max-attributes 30] [--max-value-chars 80]
 """
 from __future__ import annotations
 
@@ -124,7 +131,13 @@ def tidy(text) -> str:
     return " ".join(str(text).replace("\\n", " ").split())
 
 
-def load_products(folder: Path, wanted: set[str]) -> dict[str, dict]:
+TEXT_FIELDS = ["brand", "description", "attributes"]
+ITEM_COLUMNS = ["item_id", "item_title", *TEXT_FIELDS]
+
+
+def load_products(folder: Path, wanted: set[str] | None = None) -> dict[str, dict]:
+    """Icecat products by id (the first record of an id wins), in archive order; with ``wanted``,
+    only those ids (all of which must be found)."""
     products: dict[str, dict] = {}
     archives = sorted(glob.glob(str(folder / "icecat_vectors" / "*.json.zip")))
     if not archives:
@@ -134,12 +147,24 @@ def load_products(folder: Path, wanted: set[str]) -> dict[str, dict]:
             for member in z.namelist():
                 for product in json.loads(z.read(member)):
                     pid = str(product["id"])
-                    if pid in wanted:
+                    if wanted is None or pid in wanted:
                         products.setdefault(pid, product)
-    missing = sorted(wanted - set(products))
+    missing = sorted((wanted or set()) - set(products))
     if missing:
         raise SystemExit(f"{len(missing)} rated docids have no Icecat product, e.g. {missing[:5]}")
     return products
+
+
+def item_columns(ids: list[str], items: list[dict], max_attributes: int = 30,
+                 max_value_chars: int = 80) -> dict[str, list[str]]:
+    """The item columns (ITEM_COLUMNS) of products, the same rendering for pairs and catalogue."""
+    return {
+        "item_id": list(ids),
+        "item_title": [tidy(p.get("title")) or tidy(p.get("name")) for p in items],
+        "brand": [tidy(p.get("supplier")) for p in items],
+        "description": [tidy(p.get("short_description")) for p in items],
+        "attributes": [attribute_text(p, max_attributes, max_value_chars) for p in items],
+    }
 
 
 def build(folder: Path, max_attributes: int = 30, max_value_chars: int = 80) -> pd.DataFrame:
@@ -154,16 +179,29 @@ def build(folder: Path, max_attributes: int = 30, max_value_chars: int = 80) -> 
     df = pd.DataFrame({
         "query_id": [query_id_for(q) for q in joined["query"]],
         "query": [" ".join(q.split()) for q in joined["query"]],
-        "item_id": joined["docid"].tolist(),
-        "item_title": [tidy(p.get("title")) or tidy(p.get("name")) for p in items],
-        "brand": [tidy(p.get("supplier")) for p in items],
-        "description": [tidy(p.get("short_description")) for p in items],
-        "attributes": [attribute_text(p, max_attributes, max_value_chars) for p in items],
+        **item_columns(joined["docid"].tolist(), items, max_attributes, max_value_chars),
         "label": (3 - joined["rating"]).astype("int64").to_numpy(),
         "relevance": joined[list(RATERS)].mean(axis=1, skipna=False).astype("float64").to_numpy(),
     })
-    df.attrs["text_fields"] = ["brand", "description", "attributes"]
+    df.attrs["text_fields"] = list(TEXT_FIELDS)
     return df
+
+
+def build_catalogue(folder: Path, max_attributes: int = 30, max_value_chars: int = 80) -> pd.DataFrame:
+    """Every Icecat product as one row of ITEM_COLUMNS, in archive order (titleless ones left out)."""
+    products = load_products(folder)
+    df = pd.DataFrame(item_columns(list(products), list(products.values()), max_attributes, max_value_chars))
+    df = df[df["item_title"] != ""].reset_index(drop=True)
+    df.attrs["text_fields"] = list(TEXT_FIELDS)
+    return df
+
+
+def write_parquet(df: pd.DataFrame, path: Path, compression_level: int | None = None) -> None:
+    """zstd Parquet, written atomically; ``compression_level`` None is pyarrow's default."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".parquet.tmp")
+    df.to_parquet(tmp, compression="zstd", compression_level=compression_level, index=False)
+    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
@@ -172,17 +210,26 @@ def main(argv=None) -> int:
                         help="folder with the Chorus CSVs and icecat_vectors/ (default: %(default)s)")
     parser.add_argument("--output", type=Path, default=REPO / "datasets" / "chorus_icecat" / "pairs.parquet",
                         help="Parquet file to write (default: %(default)s)")
+    parser.add_argument("--catalogue", type=Path, default=REPO / "datasets" / "chorus_icecat" / "catalogue.parquet",
+                        help="Parquet file for the whole product catalogue (default: %(default)s)")
+    parser.add_argument("--only", choices=("all", "pairs", "catalogue"), default="all",
+                        help="write both files, or only one of them (default: %(default)s)")
     parser.add_argument("--max-attributes", type=int, default=30,
                         help="most attributes kept per product (default: %(default)s)")
     parser.add_argument("--max-value-chars", type=int, default=80,
                         help="longest attribute value kept, cut at a word (default: %(default)s)")
     args = parser.parse_args(argv)
 
+    if args.only in ("all", "catalogue"):
+        catalogue = build_catalogue(args.input, args.max_attributes, args.max_value_chars)
+        write_parquet(catalogue, args.catalogue, compression_level=19)  # 1.4 MiB instead of 2.3
+        print(f"wrote {args.catalogue}: {len(catalogue):,} products, "
+              f"{args.catalogue.stat().st_size / 2**20:.1f} MiB")
+    if args.only == "catalogue":
+        return 0
+
     df = build(args.input, args.max_attributes, args.max_value_chars)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(".parquet.tmp")
-    df.to_parquet(tmp, compression="zstd", index=False)
-    os.replace(tmp, args.output)
+    write_parquet(df, args.output)
 
     counts = df["label"].value_counts().sort_index()
     n_attr = df["attributes"].map(lambda s: s.count("; ") + 1 if s else 0)

@@ -1,6 +1,7 @@
 """RelevanceDataModule: a schema dataset, split by query, tokenized once, served as contract batches.
 
-``setup`` loads the source, splits it by query (:func:`lrkd.data.splits.split_by_query`), tokenizes
+``setup`` loads the source, splits it by query (:func:`lrkd.data.splits.split_by_query`), with a
+``pool`` appends the unlabelled transfer pool of the train queries (:mod:`lrkd.data.pool`), tokenizes
 the standard view of every pair into one cache entry (:mod:`lrkd.data.tokenize`), and, when a teacher
 artefact is attached, aligns its annotations to the rows. Batches follow :mod:`lrkd.data.batch`.
 
@@ -21,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lrkd.data.batch import AUG_PREFIX
+from lrkd.data.pool import cached_pool, pool_options
 from lrkd.data.sampler import eval_sampler, make_train_loader
 from lrkd.data.schema import REQUIRED_COLUMNS, DataError, DataSpec, LabelSet, dataset_fingerprint
 from lrkd.data.splits import split_by_query
@@ -152,10 +154,16 @@ class RelevanceDataModule(L.LightningDataModule):
                 ``[CLS] q [SEP] p [SEP]`` prefix is the standard view (max_length tokens).
     annotations: directory of a teacher artefact (``lrkd.artefact``), or None.
     with_augmented_view: also serve ``aug_*`` keys on train batches (the ``crsd`` loss term).
+    pool:       None (no pool), or {catalogue: <items file>, retriever: bm25 | minilm, k: 10, seed: 0,
+                device: cpu}: after the split, each train query's top-k catalogue items not judged for it
+                are appended as unlabelled rows (label -1) and join the train split
+                (:func:`lrkd.data.pool.build_pool`; cached under ``<cache_dir>/pool``). Val and test keep
+                exactly the rows they have without a pool; the fingerprint covers the pool rows.
     path, max_pairs: accepted so that configs can forward them to the source; unused here.
 
-    After ``setup``: ``frame`` (the DataFrame), ``splits`` (name -> row indices), ``fingerprint``,
-    ``spec`` (:class:`DataSpec`), ``tokenizer`` (the loaded tokenizer), ``train_sampler``.
+    After ``setup``: ``frame`` (the DataFrame, the pool rows last), ``splits`` (name -> row indices),
+    ``pool_rows`` (positions of the pool rows, empty without a pool), ``fingerprint``, ``spec``
+    (:class:`DataSpec`), ``tokenizer`` (the loaded tokenizer), ``train_sampler``.
     """
 
     def __init__(self, name: str, source, labels: Mapping, split: Mapping, tokenizer, max_length: int,
@@ -163,7 +171,7 @@ class RelevanceDataModule(L.LightningDataModule):
                  num_workers: int = 0, cache_dir: str = ".cache", annotations: str | None = None,
                  annotation_strict_fingerprint: bool = True, perspectives: Sequence[str] = DEFAULT_PERSPECTIVES,
                  duplicates: str = "error", with_augmented_view: bool = False, seed: int = 42,
-                 path: str | None = None, max_pairs: int | None = None):
+                 path: str | None = None, max_pairs: int | None = None, pool: Mapping | None = None):
         super().__init__()
         if with_augmented_view and not annotations:
             raise ValueError(
@@ -188,6 +196,7 @@ class RelevanceDataModule(L.LightningDataModule):
         self.duplicates = duplicates
         self.with_augmented_view = bool(with_augmented_view)
         self.seed = int(seed)
+        self.pool = pool_options(_plain(pool))
         if self.with_augmented_view and self.aug_max_length < self.max_length + 2:
             raise ValueError(f"aug_max_length={self.aug_max_length} must exceed max_length={self.max_length} "
                              "by >= 2 to leave room for a rationale")
@@ -195,6 +204,7 @@ class RelevanceDataModule(L.LightningDataModule):
         self.tokenizer = None
         self.frame: pd.DataFrame | None = None
         self.splits: dict[str, np.ndarray] = {}
+        self.pool_rows: np.ndarray = np.empty(0, dtype=np.int64)
         self.fingerprint: str | None = None
         self.label_set: LabelSet | None = None
         self.train_sampler: EpochSeededSampler | None = None
@@ -257,6 +267,11 @@ class RelevanceDataModule(L.LightningDataModule):
         if auto_values:
             label_set = dataclasses.replace(label_set, values=grade_mean_relevance(df, splits["train"], label_set))
             log.info("labels.values auto (train means): %s", dict(zip(label_set.names, label_set.values)))
+        pool_rows = np.empty(0, dtype=np.int64)
+        if self.pool is not None:
+            df, splits, pool_rows, hit = self._append_pool(df, splits, fingerprint)
+            self.cache_hits["pool"] = hit
+            fingerprint = dataset_fingerprint(df)
 
         tokenizer = self._load_tokenizer()
         tokens, self.cache_hits["standard"] = tokenize_standard(df, tokenizer, self.max_length, self.cache_dir,
@@ -290,9 +305,28 @@ class RelevanceDataModule(L.LightningDataModule):
                               has_annotations=annotations is not None,
                               has_relevance=bool(np.isfinite(relevance).any()))
         self.tokenizer, self.label_set, self.splits, self.fingerprint = tokenizer, label_set, splits, fingerprint
+        self.pool_rows = pool_rows
         self.frame = df
-        log.info("data %s: %d pairs, %d queries; split %s; token cache %s", self.name, len(df),
-                 int(query_index.max()) + 1, {k: len(v) for k, v in splits.items()}, self.cache_hits)
+        log.info("data %s: %d pairs (%d of them the unlabelled pool), %d queries; split %s; caches hit %s",
+                 self.name, len(df), len(pool_rows), int(query_index.max()) + 1,
+                 {k: len(v) for k, v in splits.items()}, self.cache_hits)
+
+    def _append_pool(self, df: pd.DataFrame, splits: dict[str, np.ndarray], fingerprint: str):
+        """The frame with the pool of the train queries appended, the splits with the pool rows in
+        train, the pool rows' positions, and whether the pool came from the cache."""
+        pool, hit = cached_pool(df, splits["train"], self.pool, self.cache_dir, fingerprint)
+        leaked = set(pool["query_id"]) - set(df["query_id"].iloc[splits["train"]])
+        if leaked:  # build_pool pairs train queries only; this guards the invariant
+            raise RuntimeError(f"the pool holds non-train queries {sorted(leaked)[:3]}")
+        fields = list(df.attrs.get("text_fields", []))
+        pool = pool.astype({c: df[c].dtype for c in pool.columns if c in df.columns})
+        combined = pd.concat([df, pool], ignore_index=True)[list(df.columns)]
+        combined.attrs["text_fields"] = fields
+        rows = np.arange(len(df), len(combined), dtype=np.int64)
+        splits = {**splits, "train": np.concatenate([splits["train"], rows])}
+        log.info("pool %s (%s, k=%d): %d unlabelled pairs for %d train queries", self.pool["catalogue"],
+                 self.pool["retriever"], self.pool["k"], len(rows), pool["query_id"].nunique())
+        return combined, splits, rows, hit
 
     def _align_annotations(self, df, label_set: LabelSet, fingerprint: str):
         """Load, validate and align the artefact (``lrkd.artefact``): (arrays by row, perspectives,

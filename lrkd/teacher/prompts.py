@@ -98,6 +98,26 @@ def multi_message(perspectives: Sequence[Perspective], query: str, item: str, gr
     return "\n".join(lines)
 
 
+JUDGE_INSTRUCTION = (f"{TASK_INTRO} A product is relevant when it is the kind of product the shopper searched for; "
+                     f"an accessory, a part or a different kind of product is not. "
+                     f"Is the product relevant to the query? Answer yes or no.")
+JUDGE_PREFIX = "Answer:"
+JUDGE_ANSWERS = ("yes", "no")
+
+
+def judge_message(query: str, item: str, max_item_words: int | None = None) -> str:
+    """The user message of the direct judgement prompt (grade scoring without reasoning): the
+    instruction first (shared by every pair, so it stays in the KV cache), then the pair; the
+    reading is the teacher's P(yes) after ``"Answer:"`` (:mod:`lrkd.teacher.score_pool`)."""
+    return (f"{JUDGE_INSTRUCTION}\n"
+            f"Query: {' '.join(str(query).split())}\n"
+            f"Product: {clip_words(item, max_item_words)}")
+
+
+def render_judge_prompt(tokenizer, query: str, item: str, max_item_words: int | None = None) -> str:
+    return render_message(tokenizer, judge_message(query, item, max_item_words))
+
+
 def has_chat_template(tokenizer) -> bool:
     return tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
 

@@ -43,10 +43,7 @@ PIPELINE = ["experiment=pipeline", "teacher=tiny", "callbacks.progress_bar=null"
 def test_pipeline_end_to_end_then_reuses_every_teacher_stage(make_cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(LocalHFBackend, "generate", scripted_generate)
     work = tmp_path / "work"
-    started = time.time()
     result = run_pipeline(make_cfg(*PIPELINE, f"stage.work_dir={work}", output_dir=tmp_path / "run1"))
-    first_run_s = time.time() - started
-    assert first_run_s < 120
 
     for key in ("generate", "sft", "dpo", "annotate"):
         assert result[f"reused/{key}"] is False

