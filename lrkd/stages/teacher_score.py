@@ -27,6 +27,29 @@ READS_FOLDER = "reads"
 ARTEFACT_FOLDER = "score_annotations"
 
 
+def reads_folder(cfg: DictConfig):
+    """``stage.reads_dir``, or ``<work_dir>/reads``."""
+    from pathlib import Path
+
+    from lrkd.stages.teacher_common import stage_folder_path
+
+    if cfg.stage.get("reads_dir"):
+        return Path(str(cfg.stage.reads_dir)).expanduser()
+    return stage_folder_path(cfg, READS_FOLDER)
+
+
+def pca_projection(latents: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """(mean [D], components [D, dim] scaled so the projected coordinates have unit mean variance,
+    explained variance ratio) of the rows of ``latents`` [n, D] (numpy SVD)."""
+    mean = latents.mean(axis=0)
+    centred = latents - mean
+    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+    dim = min(int(dim), vt.shape[0])
+    variance = sv ** 2 / max(len(latents) - 1, 1)
+    scale = np.sqrt(variance[:dim].mean())
+    return mean, vt[:dim].T / scale, float(variance[:dim].sum() / variance.sum())
+
+
 def reading_settings(cfg: DictConfig, gguf: str) -> dict:
     """What a reading depends on (a part written under other settings is not resumed)."""
     import os
@@ -42,7 +65,7 @@ def read_splits(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
     """Step 1: read every pair of ``stage.splits`` (in that order) not read yet."""
     from lrkd.stages.teacher_common import stage_folder_path
     from lrkd.teacher.prompts import JUDGE_ANSWERS, JUDGE_PREFIX
-    from lrkd.teacher.score_pool import answer_token_ids, prompts_for_rows, score_pairs
+    from lrkd.teacher.score_pool import JudgementReader, answer_token_ids, prompts_for_rows, score_pairs
 
     rows = np.concatenate([pool_rows(dm.frame, dm.splits, [s], cfg.stage.get("max_pairs"), int(cfg.seed))
                            for s in plain(cfg.stage.splits)])
@@ -56,9 +79,52 @@ def read_splits(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
 
     manifest["vector_dim"] = gguf_embedding_dim(gguf)
     runtime = {k: int(v) for k, v in plain(cfg.teacher.llama_cpp).items()}
-    return score_pairs(prompts, gguf=gguf, runtime=runtime, reads_dir=stage_folder_path(cfg, READS_FOLDER),
-                       manifest=manifest, prefix_ids=prefix_ids, answer_ids=answer_ids,
+    return score_pairs(prompts, gguf=gguf, runtime=runtime, reads_dir=reads_folder(cfg),
+                       manifest=manifest, reader=JudgementReader(prefix_ids, answer_ids),
                        workers=int(cfg.stage.workers), shard_size=int(cfg.stage.shard_size))
+
+
+def rationale_rows(cfg: DictConfig, dm) -> np.ndarray:
+    """The seeded subset of the pool (``stage.pool_splits``) that gets rationales: the labelled pairs
+    first, at most ``stage.rationales.max_pairs``."""
+    spec = cfg.stage.get("rationales") or {}
+    n = int(spec.get("max_pairs") or 0)
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    rows = np.concatenate([np.asarray(dm.splits[s], dtype=np.int64) for s in plain(cfg.stage.pool_splits)])
+    rng = np.random.default_rng(int(cfg.seed))
+    labelled = dm.frame["label"].to_numpy()[rows] >= 0
+    order = np.concatenate([rng.permutation(rows[labelled]), rng.permutation(rows[~labelled])])
+    return order[:n]
+
+
+def write_rationales(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
+    """Step 1b: multi-perspective rationales (:class:`lrkd.teacher.score_pool.RationaleReader`) for
+    :func:`rationale_rows`, into ``<reads>/rationales/`` (resumable like the readings)."""
+    from lrkd.teacher.llama_cpp import gguf_embedding_dim
+    from lrkd.teacher.prompts import perspectives_from_config
+    from lrkd.teacher.score_pool import RationaleReader, prompts_for_rows, score_pairs
+
+    rows = rationale_rows(cfg, dm)
+    if not len(rows):
+        return {"written": 0, "seconds": 0.0}
+    spec = cfg.stage.rationales
+    perspectives = perspectives_from_config(cfg.perspective)
+    grades = list(dm.label_set.names)
+    words = cfg.teacher.get("max_item_words")
+    prompts = prompts_for_rows(tokenizer, dm.frame, rows, words, perspectives=perspectives, grade_names=grades)
+    settings = {**reading_settings(cfg, gguf), "prompt": "multi_perspective", "max_item_words": words,
+                "max_new_tokens": int(spec.max_new_tokens), "no_repeat_ngram_size": int(spec.no_repeat_ngram_size),
+                "perspectives": plain(cfg.perspective)}
+    manifest = {"teacher_id": f"{cfg.teacher.name} (llama.cpp, MPCoT)", "perspectives": [p.name for p in perspectives],
+                "label_names": grades, "vector_dim": gguf_embedding_dim(gguf), "dataset_fingerprint": "readings",
+                "extra": settings}
+    reader = RationaleReader(tokenizer.name_or_path, perspectives, grades, int(spec.max_new_tokens),
+                             int(spec.no_repeat_ngram_size))
+    runtime = {k: int(v) for k, v in plain(cfg.teacher.llama_cpp).items()}
+    return score_pairs(prompts, gguf=gguf, runtime=runtime, reads_dir=reads_folder(cfg) / "rationales",
+                       manifest=manifest, reader=reader, workers=int(cfg.stage.workers),
+                       shard_size=int(spec.get("shard_size", 8)))
 
 
 def run(cfg: DictConfig) -> dict:
@@ -73,8 +139,13 @@ def run(cfg: DictConfig) -> dict:
     gguf, tokenizer = llama_cpp_source(cfg.teacher)
     reading = read_splits(cfg, dm, tokenizer, gguf)
     log.info("teacher_score: read %d pairs in %.0f s", reading["written"], reading["seconds"])
+    rationales = write_rationales(cfg, dm, tokenizer, gguf)
+    if rationales["written"]:
+        log.info("teacher_score: wrote rationales for %d pairs in %.0f s", rationales["written"],
+                 rationales["seconds"])
+        reading["rationale_seconds_per_pair"] = rationales["seconds"] * int(cfg.stage.workers) / rationales["written"]
     if cfg.stage.get("read_only", False):
-        return {"read": reading["written"], "reused": False}
+        return {"read": reading["written"], "rationales": rationales["written"], "reused": False}
     return finalize(cfg, dm, started, reading)
 
 
@@ -111,7 +182,12 @@ def finalize(cfg: DictConfig, dm, started: float, reading: dict) -> dict:
     from lrkd.teacher.prompts import perspectives_from_config
     from lrkd.teacher.score_pool import iter_reads
 
-    reads = iter_reads(stage_folder_path(cfg, READS_FOLDER))
+    reads = iter_reads(reads_folder(cfg))
+    written = iter_reads(reads_folder(cfg) / "rationales")
+    texts = {}
+    if written is not None:
+        for key, i in written.index().items():
+            texts[key] = {p: written.rationales[p][i] for p in written.rationales}
     if reads is None:
         raise RuntimeError("teacher_score: no readings to finalize")
     index = reads.index()
@@ -147,6 +223,8 @@ def finalize(cfg: DictConfig, dm, started: float, reading: dict) -> dict:
                      "calibration": calibration.to_dict() if calibration else {"method": "none"}}
     if reading["written"]:
         metrics["seconds_per_pair"] = reading["seconds"] * int(cfg.stage.workers) / reading["written"]
+    if reading.get("rationale_seconds_per_pair"):
+        metrics["rationale_seconds_per_pair"] = reading["rationale_seconds_per_pair"]
     for name, rows in (("val", val), ("test", test)):
         if not len(rows):
             continue
@@ -156,28 +234,38 @@ def finalize(cfg: DictConfig, dm, started: float, reading: dict) -> dict:
     pool = np.concatenate([read_rows(s, False) for s in plain(cfg.stage.pool_splits)])
     perspectives = perspectives_from_config(cfg.perspective)
     k = len(perspectives)
+    decision = reads.latents[:, 0, :].astype(np.float64)
+    latent_dim = cfg.stage.get("latent_dim")
+    if latent_dim and len(pool) > int(latent_dim):  # PCA of the pool's decision states: smaller targets, most of the variance
+        mean, components, explained = pca_projection(decision[at[pool]], int(latent_dim))
+        decision = (decision - mean) @ components
+        metrics["latent_pca"] = {"dim": int(components.shape[1]), "explained_variance": explained}
     out = stage_folder_path(cfg, ARTEFACT_FOLDER)
     fingerprint = stage_fingerprint({"calibration": metrics["calibration"], "pool": len(pool),
+                                     "latent_dim": latent_dim,
                                      "teacher": str(cfg.teacher.name)}, [dm.fingerprint])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         writer = ArtefactWriter(tmp, teacher_id=f"{cfg.teacher.name} (llama.cpp, judgement reading, calibrated on val)",
                                 perspectives=[p.name for p in perspectives], label_names=list(label_set.names),
-                                vector_dim=int(reads.latents.shape[-1]), dataset_fingerprint=dm.fingerprint,
+                                vector_dim=int(decision.shape[-1]), dataset_fingerprint=dm.fingerprint,
                                 extra={"stage_fingerprint": fingerprint, "latent": "decision_state",
                                        "soft_labels": f"calibrated:{method}", "calibration": metrics["calibration"],
                                        "teacher_test": metrics.get("test/calibrated"),
                                        "teacher_test_raw": metrics.get("test/raw"), "pool_size": int(len(pool)),
+                                       "latent_pca": metrics.get("latent_pca"),
                                        "teacher": plain(cfg.teacher)})
         size = int(cfg.stage.get("artefact_shard_size", 1024))
         for shard, start in enumerate(range(0, len(pool), size)):
             rows = pool[start:start + size]
-            latents = np.repeat(reads.latents[at[rows]][:, :1, :], k, axis=1)
+            latents = np.repeat(decision[at[rows]][:, None, :], k, axis=1).astype(np.float32)
             writer.write_shard(shard, [keys[r][0] for r in rows], [keys[r][1] for r in rows],
-                               {p.name: [""] * len(rows) for p in perspectives}, soft(rows), latents)
+                               {p.name: [texts.get(keys[r], {}).get(p.name, "") for r in rows] for p in perspectives},
+                               soft(rows), latents)
         writer.finalize()
         metrics["artefact_pairs"] = int(len(pool))
+        metrics["rationale_pairs"] = int(sum(keys[r] in texts for r in pool))
         write_stage_record(tmp, STAGE, fingerprint, time.time() - started, metrics)
         if out.exists():
             shutil.rmtree(out)

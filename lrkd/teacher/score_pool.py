@@ -89,6 +89,72 @@ def read_pair(runtime, shared: Sequence[int], pair: Sequence[int], prefix_ids: S
     return probs.astype(np.float32), reading.hidden[-1:].astype(np.float32)
 
 
+class JudgementReader:
+    """Reads one pair with the judgement prompt: ``(answer probabilities [A], decision state
+    [1, D], {})`` (:func:`read_pair`). Picklable: sent to the worker processes."""
+
+    kind = "judgement"
+
+    def __init__(self, prefix_ids: Sequence[int], answer_ids: Sequence[int]):
+        self.prefix_ids, self.answer_ids = list(prefix_ids), list(answer_ids)
+
+    def __call__(self, runtime, prompt: "PairPrompt") -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+        probs, state = read_pair(runtime, prompt.shared, prompt.pair, self.prefix_ids, self.answer_ids)
+        return probs, state, {}
+
+
+class RationaleReader:
+    """Multi-perspective chain of thought for one pair (the annotation of
+    :mod:`lrkd.teacher.annotate`, on llama.cpp): greedy generation after the multi-perspective prompt
+    (completion-only n-gram block), parsed into one rationale per perspective
+    (:func:`lrkd.teacher.parse.parse_multi`); then the canonical completion up to ``Label:`` is
+    teacher-forced and read: the softmax over the grade tokens [C] and, per perspective, the mean
+    last-layer state over its rationale's tokens [K, D]. Returns ``(soft [C], latents [K, D],
+    rationales)``. The tokenizer is loaded from ``tokenizer_dir`` in the worker."""
+
+    kind = "rationale"
+
+    def __init__(self, tokenizer_dir: str, perspectives: Sequence, grade_names: Sequence[str], max_new_tokens: int,
+                 no_repeat_ngram_size: int = 3):
+        self.tokenizer_dir = str(tokenizer_dir)
+        self.perspectives = [(p.name, p.title, p.instruction) for p in perspectives]
+        self.grade_names = list(grade_names)
+        self.max_new_tokens, self.no_repeat_ngram_size = int(max_new_tokens), int(no_repeat_ngram_size)
+        self._tokenizer = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_tokenizer": None}
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir)
+        return self._tokenizer
+
+    def __call__(self, runtime, prompt: "PairPrompt") -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+        from lrkd.teacher.annotate import _token_spans, grade_token_ids, label_prefix, rationale_char_spans
+        from lrkd.teacher.parse import parse_multi
+        from lrkd.teacher.prompts import Perspective, one_line
+
+        tok = self.tokenizer()
+        perspectives = [Perspective(*p) for p in self.perspectives]
+        ids = runtime.generate([prompt.shared], prompt.pair, self.max_new_tokens,
+                               no_repeat_ngram_size=self.no_repeat_ngram_size)
+        parsed = parse_multi(tok.decode(ids, skip_special_tokens=True), perspectives, self.grade_names)
+        rationales = {p.name: one_line(parsed.rationales.get(p.name, "")) for p in perspectives}
+        prefix = label_prefix(rationales, perspectives, self.grade_names)
+        prefix_ids = tok(prefix, add_special_tokens=False)["input_ids"]
+        reading = runtime.read([prompt.shared, prompt.pair], prefix_ids, hidden=True)
+        z = reading.logits[np.asarray(grade_token_ids(tok, self.grade_names))].astype(np.float64)
+        soft = np.exp(z - z.max())
+        soft /= soft.sum()
+        spans = _token_spans(tok, prefix, rationale_char_spans(prefix, perspectives))
+        latents = np.stack([reading.hidden[t].mean(axis=0) if len(t) else np.zeros(reading.hidden.shape[1])
+                            for t in spans])
+        return soft.astype(np.float32), latents.astype(np.float32), rationales
+
+
 # ------------------------------------------------------------------------------------------ workers
 @dataclass
 class ScoreJob:
@@ -99,10 +165,8 @@ class ScoreJob:
     runtime: dict
     part_dir: str
     manifest: dict
-    shared: list[int]
-    prefix_ids: list[int]
-    answer_ids: list[int]
-    rows: list[tuple[str, str, list[int]]]
+    reader: Any
+    rows: list[PairPrompt]
     shard_size: int = 64
     progress_every: int = 25
 
@@ -117,23 +181,25 @@ def _run_job(job: ScoreJob) -> dict:
     writer = ArtefactWriter(job.part_dir, **job.manifest)
     runtime = LlamaCppRuntime(job.gguf, **job.runtime)
     done = writer.completed_keys()
-    rows = [r for r in job.rows if (r[0], r[1]) not in done]
+    rows = [r for r in job.rows if (r.query_id, r.item_id) not in done]
     next_shard = max(writer.completed_shards(), default=-1) + 1
     started, written = time.time(), 0
     perspectives = list(job.manifest["perspectives"])
     try:
         for start in range(0, len(rows), int(job.shard_size)):
             chunk = rows[start:start + int(job.shard_size)]
-            soft, latents = [], []
-            for qid, iid, pair in chunk:
-                p, z = read_pair(runtime, job.shared, pair, job.prefix_ids, job.answer_ids)
+            soft, latents, texts = [], [], {p: [] for p in perspectives}
+            for prompt in chunk:
+                p, z, rationales = job.reader(runtime, prompt)
                 soft.append(p)
                 latents.append(z)
+                for name in perspectives:
+                    texts[name].append(rationales.get(name, ""))
                 written += 1
                 if written % int(job.progress_every) == 0:
                     log.info("%d/%d pairs, %.2f s/pair", written, len(rows), (time.time() - started) / written)
-            writer.write_shard(next_shard, [c[0] for c in chunk], [c[1] for c in chunk],
-                               {p: [""] * len(chunk) for p in perspectives}, np.stack(soft), np.stack(latents))
+            writer.write_shard(next_shard, [c.query_id for c in chunk], [c.item_id for c in chunk], texts,
+                               np.stack(soft), np.stack(latents))
             next_shard += 1
     finally:
         runtime.close()
@@ -169,9 +235,10 @@ def completed_keys(reads_dir: str | os.PathLike) -> set[tuple[str, str]]:
 
 
 def score_pairs(prompts: Sequence[PairPrompt], *, gguf: str, runtime: Mapping, reads_dir: str | os.PathLike,
-                manifest: Mapping, prefix_ids: Sequence[int], answer_ids: Sequence[int], workers: int = 1, shard_size: int = 64) -> dict:
+                manifest: Mapping, reader, workers: int = 1, shard_size: int = 64) -> dict:
     """Read every pair of ``prompts`` not yet in ``reads_dir`` with ``workers`` processes (pairs
-    dealt round-robin, in the given order: put the pairs needed first first). ``manifest``: the
+    dealt round-robin, in the given order: put the pairs needed first first), each read by ``reader``
+    (:class:`JudgementReader` or :class:`RationaleReader`). ``manifest``: the
     :class:`lrkd.artefact.ArtefactWriter` arguments of each part (its ``extra`` is the settings
     record that decides whether an existing part is resumed). Returns {pending, written, seconds}."""
     reads_dir = Path(reads_dir)
@@ -182,18 +249,13 @@ def score_pairs(prompts: Sequence[PairPrompt], *, gguf: str, runtime: Mapping, r
     started = time.time()
     if not pending:
         return {"pending": 0, "written": 0, "seconds": 0.0}
-    shared = pending[0].shared
-    if any(p.shared != shared for p in pending):
-        raise ValueError("every prompt must share the same instruction segment")
     workers = max(1, min(int(workers), len(pending)))
     existing = {p.name for p in part_dirs(reads_dir)}
     names = [n for n in (f"{WORKER_PREFIX}{i:03d}" for i in range(10_000)) if n not in existing]
     # a resumed worker continues its own part; new parts get fresh names
     slots = sorted(existing)[:workers] + names[:max(0, workers - len(existing))]
     jobs = [ScoreJob(worker=w, gguf=str(gguf), runtime=dict(runtime), part_dir=str(reads_dir / slots[w]),
-                     manifest=dict(manifest), shared=list(shared), prefix_ids=list(prefix_ids),
-                     answer_ids=list(answer_ids),
-                     rows=[(p.query_id, p.item_id, list(p.pair)) for p in pending[w::workers]],
+                     manifest=dict(manifest), reader=reader, rows=list(pending[w::workers]),
                      shard_size=int(shard_size)) for w in range(workers)]
     log.info("scoring %d pairs (%d already read) with %d worker(s) into %s", len(pending), len(done), workers,
              reads_dir)
@@ -237,15 +299,22 @@ def iter_reads(reads_dir: str | os.PathLike) -> Reads | None:
     return Reads(keys, np.concatenate(soft), np.concatenate(latents), rationales)
 
 
-def prompts_for_rows(tokenizer, frame, rows: Sequence[int], max_item_words: int | None) -> list[PairPrompt]:
-    """:class:`PairPrompt` of each dataset row (the judgement prompt, product cut to ``max_item_words``)."""
+def prompts_for_rows(tokenizer, frame, rows: Sequence[int], max_item_words: int | None, perspectives=None,
+                     grade_names: Sequence[str] | None = None) -> list[PairPrompt]:
+    """:class:`PairPrompt` of each dataset row: the judgement prompt, or with ``perspectives`` the
+    multi-perspective annotation prompt (product cut to ``max_item_words``)."""
     from lrkd.data.schema import text_fields
     from lrkd.data.tokenize import item_text
-    from lrkd.teacher.prompts import render_judge_prompt
+    from lrkd.teacher.prompts import render_judge_prompt, render_multi_prompt
 
     fields = text_fields(frame)
     records = frame.iloc[list(rows)].to_dict("records")
-    texts = [render_judge_prompt(tokenizer, str(r["query"]), item_text(r, fields), max_item_words) for r in records]
+    if perspectives is None:
+        texts = [render_judge_prompt(tokenizer, str(r["query"]), item_text(r, fields), max_item_words)
+                 for r in records]
+    else:
+        texts = [render_multi_prompt(tokenizer, perspectives, str(r["query"]), item_text(r, fields), grade_names,
+                                     max_item_words) for r in records]
     qids = frame["query_id"].astype(str).to_numpy()
     iids = frame["item_id"].astype(str).to_numpy()
     out = []
@@ -255,5 +324,6 @@ def prompts_for_rows(tokenizer, frame, rows: Sequence[int], max_item_words: int 
     return out
 
 
-__all__ = ["PairPrompt", "split_prompt", "answer_token_ids", "read_pair", "ScoreJob", "score_pairs", "Reads",
+__all__ = ["PairPrompt", "split_prompt", "answer_token_ids", "read_pair", "JudgementReader", "RationaleReader",
+           "ScoreJob", "score_pairs", "Reads",
            "iter_reads", "prompts_for_rows", "completed_keys", "part_dirs"]

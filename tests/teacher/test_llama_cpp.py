@@ -138,14 +138,14 @@ score_pairs(**args)
 def test_killed_scoring_resumes_with_the_same_rows(tokenizer, tmp_path):
     import pickle
 
-    from lrkd.teacher.score_pool import completed_keys, iter_reads, score_pairs
+    from lrkd.teacher.score_pool import JudgementReader, completed_keys, iter_reads, score_pairs
 
     prompts = _prompts(tokenizer, 48)
     prefix, answers = _ids(tokenizer)
     manifest = {"teacher_id": "smollm2", "perspectives": ["decision"], "label_names": ["yes", "no"],
                 "vector_dim": 576, "dataset_fingerprint": "readings", "extra": {"settings": 1}}
-    common = dict(gguf=SMOL, runtime={"n_ctx": 512, "n_threads": 1}, manifest=manifest, prefix_ids=prefix,
-                  answer_ids=answers, shard_size=4)
+    common = dict(gguf=SMOL, runtime={"n_ctx": 512, "n_threads": 1}, manifest=manifest,
+                  reader=JudgementReader(prefix, answers), shard_size=4)
     # an uninterrupted run
     score_pairs(prompts, reads_dir=tmp_path / "whole", workers=1, **common)
     whole = iter_reads(tmp_path / "whole")

@@ -24,9 +24,10 @@ def test_teacher_score_reads_calibrates_and_writes_the_student_artefact(make_cfg
     work = tmp_path / "work"
     overrides = ["stage=teacher_score", "teacher=qwen2.5-coder-1.5b", f"teacher.gguf_file={SMOL}",
                  "teacher.name=smollm2-gguf", f"stage.work_dir={work}", "stage.max_pairs=12", "stage.workers=2",
-                 "stage.shard_size=5"]
+                 "stage.shard_size=5", "stage.rationales.max_pairs=3", "stage.rationales.max_new_tokens=24"]
     result = run(make_cfg(*overrides))
     assert result["reads"] == 36 and result["read_now"] == 36  # 12 val + 12 test + 12 train
+    assert result["rationale_pairs"] == 3
     cal = result["calibration"]
     assert cal["method"] == "ordinal" and len(cal["thresholds"]) == 3
     assert np.all(np.diff(cal["thresholds"]) >= 0)
@@ -39,6 +40,9 @@ def test_teacher_score_reads_calibrates_and_writes_the_student_artefact(make_cfg
     assert art.latents.shape == (12, 3, 576)
     # every perspective's latent target is the decision state
     np.testing.assert_array_equal(art.latents[:, 0], art.latents[:, 2])
+    # three pairs carry the teacher's rationales (a 135M model: some sections may be empty)
+    with_text = [i for i in range(len(art)) if any(art.rationales[p][i] for p in art.perspectives)]
+    assert 1 <= len(with_text) <= 3
 
     # a second run reads nothing again and writes the same artefact
     again = run(make_cfg(*overrides))
@@ -67,3 +71,18 @@ def test_quality_gate_compares_each_metric():
     assert teacher_quality_gate(teacher, {"auc": 0.75}, ["auc", "qwk"]) == []
     assert teacher_quality_gate(None, {"auc": 0.75}, ["auc"]) == []
     assert teacher_quality_gate(teacher, None, ["auc"]) == []
+
+
+def test_pca_projection_keeps_the_planted_subspace_at_unit_variance():
+    from lrkd.stages.teacher_score import pca_projection
+
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.normal(size=(40, 3)))[0]  # a 3-d subspace of R^40
+    latents = 5.0 + rng.normal(size=(500, 3)) * np.array([10.0, 6.0, 3.0]) @ basis.T + 0.01 * rng.normal(size=(500, 40))
+    mean, components, explained = pca_projection(latents, 3)
+    projected = (latents - mean) @ components
+    assert explained > 0.999
+    assert projected.var(axis=0, ddof=1).mean() == pytest.approx(1.0, rel=1e-6)
+    # the components span the planted subspace
+    np.testing.assert_allclose(np.linalg.svd(basis.T @ components / np.linalg.norm(components, axis=0))[1],
+                               1.0, atol=1e-3)
