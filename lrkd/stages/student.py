@@ -121,7 +121,8 @@ def run_student(cfg: DictConfig) -> dict:
         if trainer.is_global_zero:
             log_test_extras(trainer.loggers, getattr(model, "test_confusion", None), metrics,
                             datamodule.spec.label_set.names)
-        result = {**metrics, **{f"params/{k}": v for k, v in counts.items()},
+        # val/*: the last validation (for choosing presets on val, never on test)
+        result = {**val, **metrics, **{f"params/{k}": v for k, v in counts.items()},
                   "best_checkpoint": ckpt, "wall_time_s": round(time.time() - started, 1)}
         if cfg.get("optimized_metric"):
             key = cfg.optimized_metric
