@@ -22,15 +22,23 @@ Conventions (documented choices, with torchmetrics' behaviour where it decides):
   expected gains are averaged over the tie (torchmetrics, like scikit-learn's ``ndcg_score``).
 - AUC when the evaluated rows hold only one side (all relevant or none): torchmetrics warns and
   returns 0; treat it as undefined.
+
+Tuned decisions (``decision=thresholds``, :mod:`lrkd.decision`): :func:`decision_metrics` gives the
+decision-dependent keys (accuracy, macro_f1, micro_f1, f1/<grade>, qwk) of hard grades under the
+prefix ``<split>/tuned/``; the threshold-free ones (auc, ndcg, rmse) do not depend on the decision.
+:class:`PredictionStore` keeps an epoch's labelled probabilities and labels (gathered over DDP ranks).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import MeanSquaredError
+from torchmetrics import MeanSquaredError, Metric
 from torchmetrics.classification import (BinaryAUROC, MulticlassAccuracy, MulticlassCohenKappa,
                                          MulticlassConfusionMatrix, MulticlassF1Score)
+from torchmetrics.functional.classification import (multiclass_accuracy, multiclass_cohen_kappa,
+                                                    multiclass_f1_score)
 from torchmetrics.retrieval import RetrievalNormalizedDCG
+from torchmetrics.utilities import dim_zero_cat
 
 from lrkd.data.schema import UNLABELLED, LabelSet
 
@@ -111,6 +119,44 @@ class RelevanceMetrics(nn.Module):
     def reset(self) -> None:
         for module in self.children():
             module.reset()
+
+
+def decision_metrics(preds: Tensor, labels: Tensor, label_set: LabelSet, prefix: str = "val/tuned/") -> dict[str, Tensor]:
+    """The decision-dependent metrics of hard grades ``preds [N]`` against gold ``labels [N]`` (long,
+    no -1): ``{prefix + accuracy | macro_f1 | micro_f1 | f1/<grade> | qwk: 0-dim float}``, computed
+    as :class:`RelevanceMetrics` computes them from the argmax."""
+    c = label_set.num_classes
+    preds, labels = preds.long(), labels.long()
+    out = {f"{prefix}accuracy": multiclass_accuracy(preds, labels, c, average="micro"),
+           f"{prefix}macro_f1": multiclass_f1_score(preds, labels, c, average="macro"),
+           f"{prefix}micro_f1": multiclass_f1_score(preds, labels, c, average="micro")}
+    for name, value in zip(label_set.names, multiclass_f1_score(preds, labels, c, average="none")):
+        out[f"{prefix}f1/{name}"] = value
+    out[f"{prefix}qwk"] = multiclass_cohen_kappa(preds, labels, c, weights="quadratic")
+    return {k: v.float() for k, v in out.items()}
+
+
+class PredictionStore(Metric):
+    """An epoch's labelled rows: ``update(probs [B, C], labels [B])`` (label -1 rows dropped);
+    ``compute() -> (probs [N, C] float32, labels [N] long)``, concatenated over batches and ranks."""
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = int(num_classes)
+        self.add_state("probs", default=[], dist_reduce_fx="cat")
+        self.add_state("labels", default=[], dist_reduce_fx="cat")
+
+    def update(self, probs: Tensor, labels: Tensor) -> None:
+        keep = labels != UNLABELLED
+        self.probs.append(probs[keep].detach().float())
+        self.labels.append(labels[keep].detach().long())
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        if isinstance(self.probs, list) and not self.probs:
+            return torch.zeros(0, self.num_classes), torch.zeros(0, dtype=torch.long)
+        return dim_zero_cat(self.probs), dim_zero_cat(self.labels)
 
 
 def _compute_or_nan(metric) -> Tensor:

@@ -41,7 +41,8 @@ from lrkd.config import ROOT_DIR
 from lrkd.data.schema import DataError
 from lrkd.sweep import ERROR_FILE, METRICS_FILE, declared_sweep_keys, load_multirun_config, parse_overrides
 
-DEFAULT_METRICS = ("test/macro_f1", "test/qwk", "test/ndcg@10")
+# argmax metrics, then (for runs with decision=thresholds) the same under the val-tuned rule
+DEFAULT_METRICS = ("test/macro_f1", "test/qwk", "test/ndcg@10", "test/tuned/macro_f1", "test/tuned/qwk")
 PLOT_METRIC = "test/macro_f1"
 SEED_KEYS = ("seed",)
 LATENCY_FIELD = "latency_ms"

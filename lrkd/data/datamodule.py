@@ -356,6 +356,13 @@ class RelevanceDataModule(L.LightningDataModule):
         self._require_setup()
         return self._spec
 
+    def class_counts(self, split: str = "train") -> list[int]:
+        """[C] gold label counts of ``split`` (unlabelled pool rows, label -1, not counted), in
+        label-set order: what ``class_weight: balanced`` loss terms are computed from."""
+        self._require_setup()
+        labels = self.frame["label"].to_numpy()[self.splits[split]].astype(np.int64)
+        return np.bincount(labels[labels >= 0], minlength=self._spec.num_classes).tolist()
+
     def dataset(self, split: str) -> PairDataset:
         """The :class:`PairDataset` of ``split`` ("train", "val" or "test")."""
         self._require_setup()

@@ -5,6 +5,8 @@ from lrkd.losses.crsd import CRSDTerm, crsd_losses
 from lrkd.losses.infonce import info_nce
 from lrkd.losses.kd import KDTerm, kd_loss, kl_per_row
 from lrkd.losses.latent import DISTANCES, LatentTerm, latent_alignment
+from lrkd.losses.ordinal import ORDINAL_KINDS, OrdinalTerm, ordinal_loss
+from lrkd.losses.weights import balanced_class_weights, resolve_class_weight
 
 __all__ = [
     "LossTerm", "WeightedLoss", "LossInputError", "masked_mean",
@@ -13,4 +15,6 @@ __all__ = [
     "info_nce",
     "LatentTerm", "latent_alignment", "DISTANCES",
     "CRSDTerm", "crsd_losses",
+    "OrdinalTerm", "ordinal_loss", "ORDINAL_KINDS",
+    "balanced_class_weights", "resolve_class_weight",
 ]

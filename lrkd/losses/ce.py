@@ -9,14 +9,17 @@ from torch import Tensor
 
 from lrkd.data.schema import UNLABELLED
 from lrkd.losses.compose import LossTerm, masked_mean
+from lrkd.losses.weights import ClassWeighted, weighted_row_mean
 
 
 def cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = UNLABELLED,
-                  label_smoothing: float = 0.0) -> Tensor:
+                  label_smoothing: float = 0.0, weight: Tensor | None = None) -> Tensor:
     """Mean cross-entropy over the rows whose label is not ``ignore_index``.
 
-    logits: [B, C] float; labels: [B] long class indices. Returns a scalar (nats); 0 with a grad
-    path when no row has a label.
+    logits: [B, C] float; labels: [B] long class indices; weight: optional [C] class weights w:
+    then the mean is sum_b w[y_b]·CE_b / sum_b w[y_b] (PyTorch's ``weight=`` convention; with label
+    smoothing the smoothed row loss is weighted by its label's weight). Returns a scalar (nats); 0
+    with a grad path when no row has a label.
     """
     if logits.dim() != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(f"cross_entropy expects logits [B,C] and labels [B], got {tuple(logits.shape)} "
@@ -25,7 +28,10 @@ def cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = UNLABELLED
     safe_labels = torch.where(valid, labels, torch.zeros_like(labels))
     per_row = F.cross_entropy(logits.float(), safe_labels.long(), reduction="none",
                               label_smoothing=label_smoothing)
-    return masked_mean(per_row, valid)
+    if weight is None:
+        return masked_mean(per_row, valid)
+    row_weights = weight.to(per_row.device, per_row.dtype)[safe_labels.long()]
+    return weighted_row_mean(per_row, row_weights, valid)
 
 
 def ce_targets(labels: Tensor, teacher_probs: Tensor | None = None, annotated: Tensor | None = None) -> Tensor:
@@ -37,26 +43,30 @@ def ce_targets(labels: Tensor, teacher_probs: Tensor | None = None, annotated: T
     return torch.where(fallback, teacher_probs.argmax(dim=-1).to(labels.dtype), labels)
 
 
-class CETerm(LossTerm):
+class CETerm(ClassWeighted, LossTerm):
     """Cross-entropy on ``out["logits"]`` against ``batch["labels"]``.
 
     teacher_label_for_unlabelled: rows with label -1 that the teacher annotated train on the
         teacher's argmax label (used only when the batch carries ``teacher_probs``/``annotated``).
+    class_weight: null (default), ``balanced`` (from the train split's counts) or [C] weights;
+        a row weighs the weight of the label it trains on (see :mod:`lrkd.losses.weights`).
     """
 
     def __init__(self, weight: float = 1.0, label_smoothing: float = 0.0,
-                 teacher_label_for_unlabelled: bool = True):
+                 teacher_label_for_unlabelled: bool = True, class_weight=None):
         super().__init__(weight)
         self.label_smoothing = float(label_smoothing)
         self.teacher_label_for_unlabelled = bool(teacher_label_for_unlabelled)
+        self._init_class_weight(class_weight)
 
     def forward(self, out: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         logits = self.output(out, "logits", "the student module must return classifier logits")
         labels = batch["labels"]
         if self.teacher_label_for_unlabelled and "teacher_probs" in batch and "annotated" in batch:
             labels = ce_targets(labels, batch["teacher_probs"], batch["annotated"])
-        return {"loss": cross_entropy(logits, labels, label_smoothing=self.label_smoothing)}
+        return {"loss": cross_entropy(logits, labels, label_smoothing=self.label_smoothing,
+                                      weight=self.class_weights())}
 
     def extra_repr(self) -> str:
         return (f"weight={self.weight}, label_smoothing={self.label_smoothing}, "
-                f"teacher_label_for_unlabelled={self.teacher_label_for_unlabelled}")
+                f"teacher_label_for_unlabelled={self.teacher_label_for_unlabelled}, class_weight={self.class_weight}")

@@ -115,6 +115,13 @@ class WeightedLoss(nn.Module):
     def needs_annotations(self) -> bool:
         return any(self.terms[n].needs_annotations for n in self.active_terms)
 
+    def set_class_counts(self, counts, num_classes: int | None = None) -> None:
+        """Give the train split's gold label counts [C] to every term with a ``class_weight``
+        option (``lrkd.losses.weights``); terms with ``class_weight: balanced`` resolve it here."""
+        for term in self.terms.values():
+            if hasattr(term, "set_class_counts"):
+                term.set_class_counts(counts, num_classes)
+
     def forward(self, out: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Returns ``(total, logs)``: ``total`` a scalar with a grad path, ``logs`` the detached
         unweighted ``{name: loss, "name/sub": sub-term}`` of each active term."""

@@ -13,6 +13,7 @@ from lrkd.losses.ce import cross_entropy
 from lrkd.losses.compose import LossTerm, masked_mean
 from lrkd.losses.infonce import info_nce
 from lrkd.losses.kd import kl_per_row
+from lrkd.losses.weights import ClassWeighted
 
 _AUG_VIEW_FIX = ("call the student with with_augmented_view=True (WeightedLoss.needs_augmented_view says "
                  "when) and give the batch the aug_* inputs")
@@ -20,13 +21,14 @@ _AUG_VIEW_FIX = ("call the student with with_augmented_view=True (WeightedLoss.n
 
 def crsd_losses(pooled: Tensor, aug_pooled: Tensor, logits: Tensor, aug_logits: Tensor, labels: Tensor,
                 temperature: float = 0.05, stop_gradient: bool = True,
-                mask: Tensor | None = None) -> dict[str, Tensor]:
+                mask: Tensor | None = None, class_weight: Tensor | None = None) -> dict[str, Tensor]:
     """The three CRSD sub-losses, each a masked mean over rows (``mask [B] bool``, all when ``None``).
 
     pooled, aug_pooled: [B, H] h and h⁺; logits, aug_logits: [B, C]; labels: [B] long, -1 = none.
     Returns ``{"contrastive": InfoNCE(h, h⁺) at temperature τ with in-batch negatives,
     "kl": KL(p(·|x⁺) ‖ p(·|x)) with the augmented view as the target (detached when stop_gradient),
     "aug_ce": CE(aug_logits, labels) over the labelled valid rows}``; each a scalar in nats.
+    class_weight: optional [C] class weights of ``aug_ce`` (the one sub-loss with labels).
     """
     if logits.shape != aug_logits.shape or labels.shape != logits.shape[:1]:
         raise ValueError(f"crsd_losses: logits {tuple(logits.shape)}, aug_logits {tuple(aug_logits.shape)} "
@@ -38,23 +40,26 @@ def crsd_losses(pooled: Tensor, aug_pooled: Tensor, logits: Tensor, aug_logits: 
     if mask is not None:
         labels = torch.where(mask.to(device=labels.device, dtype=torch.bool), labels,
                              torch.full_like(labels, UNLABELLED))
-    aug_ce = cross_entropy(aug_logits, labels, ignore_index=UNLABELLED)
+    aug_ce = cross_entropy(aug_logits, labels, ignore_index=UNLABELLED, weight=class_weight)
     return {"contrastive": contrastive, "kl": kl, "aug_ce": aug_ce}
 
 
-class CRSDTerm(LossTerm):
+class CRSDTerm(ClassWeighted, LossTerm):
     """CRSD over the annotated rows (those whose augmented view carries the teacher's rationales).
 
     ``loss = contrastive_weight · contrastive + kl_weight · kl + aug_ce_weight · aug_ce``;
-    the three sub-terms are logged unweighted.
+    the three sub-terms are logged unweighted. class_weight (null, ``balanced`` or [C]) weights the
+    ``aug_ce`` rows by their label; the contrastive and KL view-matching sub-losses stay unweighted.
     """
 
     needs_annotations = True
     needs_augmented_view = True
 
     def __init__(self, weight: float = 1.0, temperature: float = 0.05, contrastive_weight: float = 1.0,
-                 kl_weight: float = 1.0, aug_ce_weight: float = 1.0, stop_gradient: bool = True):
+                 kl_weight: float = 1.0, aug_ce_weight: float = 1.0, stop_gradient: bool = True,
+                 class_weight=None):
         super().__init__(weight)
+        self._init_class_weight(class_weight)
         self.temperature = float(temperature)
         self.sub_weights = {"contrastive": float(contrastive_weight), "kl": float(kl_weight),
                             "aug_ce": float(aug_ce_weight)}
@@ -68,10 +73,10 @@ class CRSDTerm(LossTerm):
             logits=self.output(out, "logits", "the student module must return classifier logits"),
             aug_logits=self.output(out, "aug_logits", _AUG_VIEW_FIX),
             labels=batch["labels"], temperature=self.temperature, stop_gradient=self.stop_gradient,
-            mask=annotated.to(torch.bool))
+            mask=annotated.to(torch.bool), class_weight=self.class_weights())
         loss = sum(self.sub_weights[k] * v for k, v in parts.items())
         return {"loss": loss, **parts}
 
     def extra_repr(self) -> str:
         return (f"weight={self.weight}, temperature={self.temperature}, sub_weights={self.sub_weights}, "
-                f"stop_gradient={self.stop_gradient}")
+                f"stop_gradient={self.stop_gradient}, class_weight={self.class_weight}")

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lrkd.losses.compose import LossTerm, masked_mean
+from lrkd.losses.weights import ClassWeighted, weighted_row_mean
 
 PROB_FLOOR = 1e-8  # teacher probabilities are clamped to this before the log
 
@@ -18,13 +19,14 @@ def kl_per_row(target_log_probs: Tensor, log_probs: Tensor) -> Tensor:
 
 
 def kd_loss(student_logits: Tensor, teacher_probs: Tensor, temperature: float = 2.0,
-            mask: Tensor | None = None) -> Tensor:
+            mask: Tensor | None = None, row_weights: Tensor | None = None) -> Tensor:
     """Hinton distillation loss, masked mean over rows.
 
     student_logits: [B, C] s; teacher_probs: [B, C] p_T (rows sum to 1), read as logits t = log p_T;
     mask: [B] bool, rows to use (all when ``None``). Returns the scalar
     ``T² · mean_b KL(softmax(t_b / T) ‖ softmax(s_b / T))``; 0 with a grad path when no row is valid.
-    The T² factor keeps the gradient scale independent of T.
+    The T² factor keeps the gradient scale independent of T. row_weights: optional [B] row weights
+    w_b: then the mean is sum_b w_b KL_b / sum_b w_b over the valid rows.
     """
     if student_logits.shape != teacher_probs.shape:
         raise ValueError(f"kd_loss: student logits {tuple(student_logits.shape)} and teacher probs "
@@ -34,23 +36,33 @@ def kd_loss(student_logits: Tensor, teacher_probs: Tensor, temperature: float = 
     teacher_logits = teacher_probs.float().clamp_min(PROB_FLOOR).log()
     target = F.log_softmax(teacher_logits / temperature, dim=-1)
     student = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    return temperature ** 2 * masked_mean(kl_per_row(target, student), mask)
+    per_row = kl_per_row(target, student)
+    if row_weights is None:
+        return temperature ** 2 * masked_mean(per_row, mask)
+    return temperature ** 2 * weighted_row_mean(per_row, row_weights, mask)
 
 
-class KDTerm(LossTerm):
-    """KD from ``batch["teacher_probs"]`` onto ``out["logits"]`` over the annotated rows."""
+class KDTerm(ClassWeighted, LossTerm):
+    """KD from ``batch["teacher_probs"]`` onto ``out["logits"]`` over the annotated rows.
+
+    class_weight: null (default), ``balanced`` or [C] weights w: a row weighs its expected class
+    weight under the teacher, w_b = sum_c p_T(c|b)·w_c (defined on unlabelled pool rows too)."""
 
     needs_annotations = True
 
-    def __init__(self, weight: float = 1.0, temperature: float = 2.0):
+    def __init__(self, weight: float = 1.0, temperature: float = 2.0, class_weight=None):
         super().__init__(weight)
         self.temperature = float(temperature)
+        self._init_class_weight(class_weight)
 
     def forward(self, out: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         teacher_probs = self.batch_annotation(batch, "teacher_probs")
         annotated = self.batch_annotation(batch, "annotated")
         logits = self.output(out, "logits", "the student module must return classifier logits")
-        return {"loss": kd_loss(logits, teacher_probs, self.temperature, mask=annotated.to(torch.bool))}
+        w = self.class_weights()
+        row_weights = None if w is None else teacher_probs.float() @ w.to(teacher_probs.device)
+        return {"loss": kd_loss(logits, teacher_probs, self.temperature, mask=annotated.to(torch.bool),
+                                row_weights=row_weights)}
 
     def extra_repr(self) -> str:
-        return f"weight={self.weight}, temperature={self.temperature}"
+        return f"weight={self.weight}, temperature={self.temperature}, class_weight={self.class_weight}"

@@ -9,7 +9,8 @@ The exported graph is :class:`ServingStudent`:
 with dynamic ``batch`` and ``sequence`` axes (TorchScript-based ``torch.onnx.export``, which
 gives one dense graph). Training-only parts (the latent projection P_k, the loss) are not in it.
 Beside ``model.onnx`` a sidecar ``model.json`` holds the :class:`ServingConfig` (label set,
-tokenizer, max length, text fields), so predict can run from the ONNX file alone.
+tokenizer, max length, text fields, and a tuned decision rule with its fitted thresholds when the
+student has one: lrkd.decision), so predict can run from the ONNX file alone and decides as the test did.
 """
 from __future__ import annotations
 

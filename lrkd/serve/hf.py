@@ -10,7 +10,9 @@ A directory:
                                        ``classifier.*``, as in the StudentModule's state dict)
     lrkd_config.json                   format_version, the extractor config (``_target_`` and sizes),
                                        pooling, classifier dropout, the label set, perspectives, the
-                                       serving config (max length, text fields) and parameter counts
+                                       serving config (max length, text fields, and the fitted
+                                       decision rule when the student has a tuned one) and
+                                       parameter counts
 
 :func:`load_student_pretrained` rebuilds a :class:`~lrkd.student.module.StudentModule` from it
 (encoder from the directory, heads from ``lrkd_head.safetensors``) with the same logits.
@@ -47,7 +49,7 @@ def save_student_pretrained(module, out_dir: str | os.PathLike, *, max_length: i
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hp = module.hparams
-    serving = ServingConfig.from_hparams(hp, max_length=max_length)
+    serving = ServingConfig.from_hparams(hp, max_length=max_length).with_decision_of(module)
     if text_fields is not None:
         serving = serving.replace(text_fields=tuple(text_fields))
     module.encoder.save_pretrained(out, safe_serialization=True)
@@ -107,7 +109,7 @@ def load_student_pretrained(path: str | os.PathLike, map_location: str = "cpu"):
     data_spec = {"label_set": config["label_set"], "perspectives": config["perspectives"], "latent_dim": 0,
                  "has_annotations": False, "has_relevance": False}
     module = StudentModule(encoder=encoder, extractor=config["extractor"], loss=SERVING_LOSS, optimizer={},
-                           data_spec=data_spec)
+                           data_spec=data_spec, decision=config["serving"].get("decision"))
     weights = load_file(str(path / HEAD_WEIGHTS), device=map_location)
     for part in HEAD_PARTS:
         prefix = part + "."

@@ -13,7 +13,8 @@ Output (CSV/TSV, JSONL or Parquet, from the output file name), one row per input
                          CSV header is line 1; a quoted multi-line record counts from its first
                          line), the 1-based row number in a Parquet file
     <input columns>      the input row as given (all columns, or ``keep_columns``)
-    grade                predicted grade name (argmax over the classes)
+    grade                predicted grade name: by the model's decision rule when it has a tuned
+                         one (``ServingConfig.decision``, lrkd.decision), else argmax over the classes
     prob_<grade>         class probability p_c, one column per grade, label-set order
     expected_gain        sum_c p_c * gain_c   (the ranking score of lrkd.metrics' nDCG)
     expected_relevance   sum_c p_c * value_c  (the label set's numeric relevance values)
@@ -72,6 +73,8 @@ class ServingConfig:
     text_fields:  the further item-text columns training showed after the title, in order;
                   None when the checkpoint does not record them.
     perspectives: the extractor's perspective names (informative).
+    decision:     the fitted decision rule (:mod:`lrkd.decision` dict: kind, score, metric,
+                  score_values, thresholds), None for argmax; it decides ``grade``.
     """
 
     label_set: LabelSet
@@ -79,14 +82,24 @@ class ServingConfig:
     max_length: int = DEFAULT_MAX_LENGTH
     text_fields: tuple[str, ...] | None = None
     perspectives: tuple[str, ...] = ()
+    decision: Mapping | None = None
 
     def to_dict(self) -> dict:
         ls = self.label_set
-        return {"label_set": {"names": list(ls.names), "gains": list(ls.gains), "values": list(ls.values),
-                              "relevant_up_to": ls.relevant_up_to},
-                "tokenizer": self.tokenizer, "max_length": int(self.max_length),
-                "text_fields": None if self.text_fields is None else list(self.text_fields),
-                "perspectives": list(self.perspectives)}
+        out = {"label_set": {"names": list(ls.names), "gains": list(ls.gains), "values": list(ls.values),
+                             "relevant_up_to": ls.relevant_up_to},
+               "tokenizer": self.tokenizer, "max_length": int(self.max_length),
+               "text_fields": None if self.text_fields is None else list(self.text_fields),
+               "perspectives": list(self.perspectives)}
+        if self.decision is not None and self.decision.get("kind", "argmax") != "argmax":
+            out["decision"] = dict(self.decision)
+        return out
+
+    def decision_rule(self):
+        """The :mod:`lrkd.decision` rule that maps probabilities to ``grade`` (ArgmaxRule by default)."""
+        from lrkd.decision import rule_from_dict
+
+        return rule_from_dict(self.decision, self.label_set)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "ServingConfig":
@@ -94,7 +107,7 @@ class ServingConfig:
         return cls(label_set=LabelSet.from_config(d["label_set"]), tokenizer=str(d["tokenizer"]),
                    max_length=int(d.get("max_length") or DEFAULT_MAX_LENGTH),
                    text_fields=None if fields is None else tuple(fields),
-                   perspectives=tuple(d.get("perspectives") or ()))
+                   perspectives=tuple(d.get("perspectives") or ()), decision=d.get("decision"))
 
     @classmethod
     def from_hparams(cls, hparams: Mapping, max_length: int | None = None) -> "ServingConfig":
@@ -114,6 +127,13 @@ class ServingConfig:
                    max_length=int(max_length or stored or DEFAULT_MAX_LENGTH),
                    text_fields=None if fields is None else tuple(fields),
                    perspectives=tuple(spec.get("perspectives") or ()))
+
+    def with_decision_of(self, module) -> "ServingConfig":
+        """This config with ``module``'s decision rule (a fitted tuned rule; argmax records none)."""
+        rule = module.decision_rule() if hasattr(module, "decision_rule") else None
+        if rule is None or rule.kind == "argmax":
+            return self
+        return self.replace(decision=rule.to_dict())
 
     def replace(self, **changes) -> "ServingConfig":
         from dataclasses import replace
@@ -162,7 +182,7 @@ def load_student(checkpoint: str | os.PathLike, max_length: int | None = None):
     from lrkd.student.module import StudentModule
 
     module = StudentModule.load_from_checkpoint(str(path), weights_only=True, map_location="cpu").eval()
-    return module, ServingConfig.from_hparams(module.hparams, max_length=max_length)
+    return module, ServingConfig.from_hparams(module.hparams, max_length=max_length).with_decision_of(module)
 
 
 def load_scorer(checkpoint: str | os.PathLike | None = None, onnx: str | os.PathLike | None = None,
@@ -627,6 +647,7 @@ def predict_file(input_path: str | os.PathLike, output_path: str | os.PathLike, 
     encode = PairEncoder(tokenizer if tokenizer is not None else load_tokenizer(config.tokenizer),
                          config.max_length)
     label_set = config.label_set
+    rule = config.decision_rule()
     names = np.asarray(label_set.names)
     gains, values = np.asarray(label_set.gains), np.asarray(label_set.values)
     summary = PredictSummary(input=str(input_path), output=str(output_path))
@@ -653,17 +674,18 @@ def predict_file(input_path: str | os.PathLike, output_path: str | os.PathLike, 
                 if strict:
                     raise DataError(f"malformed row: {row.error}", path=source.path, row=row.line, column=row.column)
                 summary.malformed_lines.append(row.line)
-            scores = {}
+            scores, grades = {}, {}
             if good:
                 probs = np.asarray(scorer(**encode(queries, items)), dtype=np.float32)
-                for row, p in zip(good, probs):
+                for row, p, g in zip(good, probs, rule.decide(probs)):
                     scores[id(row)] = p
+                    grades[id(row)] = int(g)
             records = []
             for row in chunk:
                 record = {"line": row.line, **{c: row.values.get(c) for c in writer.passthrough}, "error": row.error}
                 p = scores.get(id(row))
                 if p is not None:
-                    record["grade"] = str(names[int(np.argmax(p))])
+                    record["grade"] = str(names[grades[id(row)]])
                     record.update({f"prob_{n}": float(v) for n, v in zip(label_set.names, p)})
                     record["expected_gain"] = float(p @ gains)
                     record["expected_relevance"] = float(p @ values)

@@ -95,8 +95,10 @@ def run_student(cfg: DictConfig) -> dict:
     # export build the model input exactly as training did
     data_spec = {**datamodule.spec.to_dict(), "max_length": int(cfg.data.max_length),
                  "text_fields": list(datamodule.frame.attrs.get("text_fields", []))}
+    # the train split's gold label counts, for class_weight: balanced loss terms (lrkd.losses.weights)
+    data_spec["train_class_counts"] = datamodule.class_counts("train")
     model = StudentModule(encoder=cfg.student, extractor=cfg.extractor, loss=cfg.loss,
-                          optimizer=cfg.optimizer, data_spec=data_spec)
+                          optimizer=cfg.optimizer, data_spec=data_spec, decision=cfg.get("decision"))
     counts = model.parameter_counts()
     log.info("parameters: %s", counts)
 
@@ -124,6 +126,9 @@ def run_student(cfg: DictConfig) -> dict:
         # val/*: the last validation (for choosing presets on val, never on test)
         result = {**val, **metrics, **{f"params/{k}": v for k, v in counts.items()},
                   "best_checkpoint": ckpt, "wall_time_s": round(time.time() - started, 1)}
+        rule = model.decision_rule()
+        if rule.kind != "argmax":  # the rule test/tuned/* used: the best checkpoint's, fitted on val
+            result["decision"] = rule.to_dict()
         if cfg.get("optimized_metric"):
             key = cfg.optimized_metric
             best = trainer.checkpoint_callback

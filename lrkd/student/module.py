@@ -7,10 +7,21 @@ Built from plain config dicts (so a checkpoint's hyper-parameters load with ``we
     extractor: conf/extractor/*.yaml (``_target_`` of a LatentExtractor and its sizes)
     loss:      conf/loss/*.yaml      (``_target_: lrkd.losses.WeightedLoss`` with named terms)
     optimizer: {lr, head_lr, weight_decay, warmup_ratio, betas, eps}
-    data_spec: DataSpec.to_dict() of the data module (grades, perspectives, latent dim, ...)
+    data_spec: DataSpec.to_dict() of the data module (grades, perspectives, latent dim, ...), plus
+               ``train_class_counts`` [C] (gold label counts of the train split, for
+               ``class_weight: balanced`` loss terms), ``max_length`` and ``text_fields``
+    decision:  conf/decision/*.yaml   (``kind: argmax`` (default) | ``thresholds``; lrkd.decision)
+
+With ``decision.kind: thresholds`` the module keeps the labelled val probabilities of each
+validation epoch, fits the rule on them at the epoch end and logs ``val/tuned/<metric>`` (accuracy,
+macro_f1, micro_f1, f1/<grade>, qwk under the fitted rule), so a checkpoint can be selected on
+``val/tuned/qwk``. The fitted rule is saved in the checkpoint (key ``lrkd_decision``) and restored
+with it; test applies the restored rule without refitting (``test/tuned/<metric>``, next to the
+argmax ``test/<metric>``). Val is never test.
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -23,9 +34,14 @@ from torchmetrics import MeanMetric
 
 from lrkd.data.batch import AUG_PREFIX, INPUT_KEYS
 from lrkd.data.schema import LabelSet
-from lrkd.metrics import RelevanceMetrics
+from lrkd.decision import ArgmaxRule, rule_from_dict
+from lrkd.metrics import PredictionStore, RelevanceMetrics, decision_metrics
 from lrkd.optim import adamw
 from lrkd.student.encoder import count_parameters, load_encoder, match_features, pool, pooled_dim
+
+log = logging.getLogger(__name__)
+
+DECISION_CHECKPOINT_KEY = "lrkd_decision"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -60,11 +76,16 @@ class StudentModule(L.LightningModule):
     docs/ARCHITECTURE.md "Student outputs"; ``predict_logits(input_ids, attention_mask,
     token_type_ids)`` is the inference path that export and serving use."""
 
-    def __init__(self, encoder: dict, extractor: dict, loss: dict, optimizer: dict, data_spec: dict):
+    def __init__(self, encoder: dict, extractor: dict, loss: dict, optimizer: dict, data_spec: dict,
+                 decision: dict | None = None):
         super().__init__()
-        encoder, extractor, loss, optimizer, data_spec = map(_plain, (encoder, extractor, loss, optimizer, data_spec))
-        self.save_hyperparameters({"encoder": encoder, "extractor": extractor, "loss": loss,
-                                   "optimizer": optimizer, "data_spec": data_spec})
+        encoder, extractor, loss, optimizer, data_spec, decision = map(
+            _plain, (encoder, extractor, loss, optimizer, data_spec, decision))
+        hparams = {"encoder": encoder, "extractor": extractor, "loss": loss, "optimizer": optimizer,
+                   "data_spec": data_spec}
+        if decision is not None:
+            hparams["decision"] = decision
+        self.save_hyperparameters(hparams)
         self.label_set = LabelSet.from_config(data_spec["label_set"])
         self.perspectives = tuple(data_spec["perspectives"])
         self.pooling = encoder.get("pooling", "mean")
@@ -80,6 +101,8 @@ class StudentModule(L.LightningModule):
                                         nn.Linear(pooled_dim(hidden, self.pooling) + int(self.extractor.output_dim),
                                                   self.label_set.num_classes))
         self.loss_fn = instantiate(loss)
+        if hasattr(self.loss_fn, "set_class_counts"):  # class_weight: balanced terms resolve here
+            self.loss_fn.set_class_counts(data_spec.get("train_class_counts"), self.label_set.num_classes)
 
         latent_dim = int(data_spec.get("latent_dim") or 0)
         wants_latent = "latent" in getattr(self.loss_fn, "active_terms", ())
@@ -94,6 +117,12 @@ class StudentModule(L.LightningModule):
         # the eval loss as a torchmetrics mean: exact over DDP ranks that hold different row counts
         # (self.log(..., sync_dist=True) averages the ranks' integer row counts with an integer division)
         self.eval_loss = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
+        # the decision rule (lrkd.decision): argmax keeps no state; a tuned rule stores the eval rows
+        self._decision = rule_from_dict(decision, self.label_set)
+        self.eval_store = None
+        if not isinstance(self._decision, ArgmaxRule):
+            c = self.label_set.num_classes
+            self.eval_store = nn.ModuleDict({"val": PredictionStore(c), "test": PredictionStore(c)})
         # from_pretrained returns modules in eval mode, and Lightning keeps each module's mode:
         # without this, the encoder's dropout would be off during training.
         self.train()
@@ -178,7 +207,10 @@ class StudentModule(L.LightningModule):
             mean = self.eval_loss[prefix.rstrip("/")]
             mean.update(loss, weight=int(labelled.sum()))
             self.log(f"{prefix}loss", mean, batch_size=int(labelled.sum()))
-        metrics.update(logits.softmax(-1), batch["labels"], batch["query_index"], batch.get("relevance"))
+        probs = logits.softmax(-1)
+        metrics.update(probs, batch["labels"], batch["query_index"], batch.get("relevance"))
+        if self.eval_store is not None:
+            self.eval_store[prefix.rstrip("/")].update(probs, batch["labels"])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val/")
@@ -186,6 +218,14 @@ class StudentModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.log_dict(self.val_metrics.compute(), prog_bar=False)
         self.val_metrics.reset()
+        if self.eval_store is not None:
+            store = self.eval_store["val"]
+            probs, labels = store.compute()
+            store.reset()
+            if self.trainer.sanity_checking or labels.numel() == 0:
+                return
+            self._decision = self._decision.fit(probs.cpu().numpy(), labels.cpu().numpy())
+            self.log_dict(self._tuned_metrics(probs, labels, "val/tuned/"))
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics, "test/")
@@ -194,6 +234,44 @@ class StudentModule(L.LightningModule):
         self.log_dict(self.test_metrics.compute())
         self.test_confusion = self.test_metrics.confusion()
         self.test_metrics.reset()
+        if self.eval_store is not None:
+            store = self.eval_store["test"]
+            probs, labels = store.compute()
+            store.reset()
+            if not self._decision.fitted:
+                log.warning("the %s decision rule was never fitted on val: testing it unfitted", self._decision.kind)
+            if labels.numel():
+                self.log_dict(self._tuned_metrics(probs, labels, "test/tuned/"))
+
+    # ------------------------------------------------------------------------------- decision
+    def decision_rule(self):
+        """The current decision rule (lrkd.decision): ArgmaxRule, or a ThresholdRule (fitted on the
+        last validation epoch, or restored from a checkpoint)."""
+        return self._decision
+
+    def set_decision_rule(self, rule) -> None:
+        """Replace the rule by one of the same kind (e.g. restored from a serving config)."""
+        if rule.kind != self._decision.kind:
+            raise ValueError(f"this student decides by {self._decision.kind}, not {rule.kind}")
+        self._decision = rule
+
+    def decide(self, probs: torch.Tensor) -> torch.Tensor:
+        """probs [B, C] -> grades [B] long, by the current rule."""
+        return torch.from_numpy(self._decision.decide(probs.detach().float().cpu().numpy())).to(probs.device)
+
+    def _tuned_metrics(self, probs: torch.Tensor, labels: torch.Tensor, prefix: str) -> dict:
+        preds = torch.from_numpy(self._decision.decide(probs.cpu().numpy()))
+        out = decision_metrics(preds, labels.cpu(), self.label_set, prefix)
+        return {k: v.to(self.device) for k, v in out.items()}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if not isinstance(self._decision, ArgmaxRule):
+            checkpoint[DECISION_CHECKPOINT_KEY] = self._decision.to_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get(DECISION_CHECKPOINT_KEY)
+        if saved is not None and not isinstance(self._decision, ArgmaxRule):
+            self._decision = rule_from_dict({**(self.hparams.get("decision") or {}), **saved}, self.label_set)
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.predict_logits(*(batch.get(k) for k in INPUT_KEYS)).softmax(-1)

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
-from lrkd.losses import CETerm, CRSDTerm, KDTerm, LatentTerm, WeightedLoss
+from lrkd.losses import CETerm, CRSDTerm, KDTerm, LatentTerm, OrdinalTerm, WeightedLoss
 
 LOSS_CONF = Path(__file__).resolve().parents[2] / "conf" / "loss"
 EXPECTED = {
@@ -18,6 +18,7 @@ EXPECTED = {
     "crsd": {"ce": CETerm, "crsd": CRSDTerm},
     "latent": {"ce": CETerm, "latent": LatentTerm},
     "full": {"ce": CETerm, "kd": KDTerm, "crsd": CRSDTerm, "latent": LatentTerm},
+    "ordinal": {"ce": CETerm, "ordinal": OrdinalTerm},
 }
 
 

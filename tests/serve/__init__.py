@@ -14,7 +14,7 @@ LABELS = {"names": ["exact", "partial", "irrelevant"], "gains": [3.0, 1.0, 0.0],
           "relevant_up_to": 0}
 
 
-def tiny_student(extractor: str = "mlp", seed: int = 0, logit_scale: float = 5.0):
+def tiny_student(extractor: str = "mlp", seed: int = 0, logit_scale: float = 5.0, decision: dict | None = None):
     """A StudentModule from conf/student/tiny.yaml, conf/extractor/<extractor>.yaml and conf/loss/ce.yaml,
     in eval mode. The classifier's weights are scaled by ``logit_scale`` so the probabilities are far from
     uniform and move with the input (a wrong input format then shows in them)."""
@@ -28,7 +28,8 @@ def tiny_student(extractor: str = "mlp", seed: int = 0, logit_scale: float = 5.0
     module = StudentModule(encoder=OmegaConf.load(CONF / "student" / "tiny.yaml"),
                            extractor=OmegaConf.load(CONF / "extractor" / f"{extractor}.yaml"),
                            loss=OmegaConf.load(CONF / "loss" / "ce.yaml"),
-                           optimizer=OmegaConf.load(CONF / "train.yaml").optimizer, data_spec=spec)
+                           optimizer=OmegaConf.load(CONF / "train.yaml").optimizer, data_spec=spec,
+                           decision=decision)
     with torch.no_grad():
         module.classifier[-1].weight.mul_(logit_scale)
     return module.eval()
