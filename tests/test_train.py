@@ -124,7 +124,9 @@ def _fit(cfg, extra_callbacks=(), ckpt_path=None):
 
 
 def test_resume_after_kill_matches_uninterrupted_run(make_cfg, tmp_path):
-    common = ["extractor=mlp", "trainer.max_epochs=2", "trainer.limit_train_batches=6",
+    # the full method (every term, the augmented view) on the SmolLM2 artefact, which has rationales
+    common = ["extractor=mlp", "loss=full", "data.annotations=${paths.root_dir}/datasets/chorus_icecat/annotations",
+              "trainer.max_epochs=2", "trainer.limit_train_batches=6",
               "trainer.limit_val_batches=2", "data.batch_size=8", "callbacks.last_checkpoint.every_n_train_steps=2",
               "callbacks.progress_bar=null"]
     full_cfg = make_cfg(*common, output_dir=tmp_path / "full")

@@ -136,6 +136,8 @@ def run(cfg: DictConfig) -> dict:
                          f"teacher=qwen2.5-coder-1.5b); teacher {cfg.teacher.name!r} has runtime "
                          f"{cfg.teacher.get('runtime', 'transformers')!r}")
     dm = load_pairs(cfg)
+    if not cfg.stage.get("read", True):  # finalize what is read so far (e.g. a partial pool)
+        return finalize(cfg, dm, started, {"written": 0, "seconds": 0.0})
     gguf, tokenizer = llama_cpp_source(cfg.teacher)
     reading = read_splits(cfg, dm, tokenizer, gguf)
     log.info("teacher_score: read %d pairs in %.0f s", reading["written"], reading["seconds"])

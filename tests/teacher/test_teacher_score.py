@@ -47,6 +47,9 @@ def test_teacher_score_reads_calibrates_and_writes_the_student_artefact(make_cfg
     # a second run reads nothing again and writes the same artefact
     again = run(make_cfg(*overrides))
     assert again["read_now"] == 0 and again["test/calibrated"] == result["test/calibrated"]
+    # finalizing alone (stage.read=false) needs no model and gives the same figures
+    final = run(make_cfg(*overrides, "stage.read=false"))
+    assert final["test/calibrated"] == result["test/calibrated"] and final["artefact_pairs"] == 12
 
     # the student reads it; the quality gate warns when the teacher is below the baseline
     cfg = make_cfg("loss=kd", "extractor=none", f"data.annotations={work / 'score_annotations'}",
