@@ -10,12 +10,12 @@ teacher-forces ``"Answer:"`` after the assistant's turn starts. At that position
 
 On chorus_icecat this reading ranks pairs at val AUC 0.86 (60 pairs) where the grade tokens read
 after the multi-perspective prompt with no rationale were at chance (0.52), and a graded direct
-prompt reached 0.79 (measured side by side, see experiments/teacher/README.md).
+prompt reached 0.79 (measured side by side; README, "The llama.cpp teacher").
 
 The prompt is cut into segments that stay in the KV cache (:class:`lrkd.teacher.llama_cpp.
 LlamaCppRuntime`): the instruction shared by every pair is decoded once per worker, then the pair's
 own part, then the continuation. About 3 s per pair on one core for a 1.5B Q4 model (product text
-cut to 25 words), against about 25 s for a generated multi-perspective rationale.
+cut to 25 words), against about 20 s for a generated multi-perspective rationale.
 
 Readings are written as ordinary artefact shards (:class:`lrkd.artefact.ArtefactWriter`, raw soft
 labels) into one part per worker, ``<reads>/worker-<r>/``. A killed run resumes: pairs in any part are
