@@ -43,6 +43,15 @@ def ce_targets(labels: Tensor, teacher_probs: Tensor | None = None, annotated: T
     return torch.where(fallback, teacher_probs.argmax(dim=-1).to(labels.dtype), labels)
 
 
+def training_labels(batch: Mapping[str, Tensor], teacher_label_for_unlabelled: bool) -> Tensor:
+    """The batch's gold labels [B], with the teacher's argmax on unlabelled annotated rows when
+    ``teacher_label_for_unlabelled`` and the batch carries ``teacher_probs``/``annotated``."""
+    labels = batch["labels"]
+    if teacher_label_for_unlabelled and "teacher_probs" in batch and "annotated" in batch:
+        labels = ce_targets(labels, batch["teacher_probs"], batch["annotated"])
+    return labels
+
+
 class CETerm(ClassWeighted, LossTerm):
     """Cross-entropy on ``out["logits"]`` against ``batch["labels"]``.
 
@@ -61,9 +70,7 @@ class CETerm(ClassWeighted, LossTerm):
 
     def forward(self, out: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         logits = self.output(out, "logits", "the student module must return classifier logits")
-        labels = batch["labels"]
-        if self.teacher_label_for_unlabelled and "teacher_probs" in batch and "annotated" in batch:
-            labels = ce_targets(labels, batch["teacher_probs"], batch["annotated"])
+        labels = training_labels(batch, self.teacher_label_for_unlabelled)
         return {"loss": cross_entropy(logits, labels, label_smoothing=self.label_smoothing,
                                       weight=self.class_weights())}
 

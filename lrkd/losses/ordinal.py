@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from lrkd.data.schema import UNLABELLED
-from lrkd.losses.ce import ce_targets
+from lrkd.losses.ce import training_labels
 from lrkd.losses.compose import LossTerm
 from lrkd.losses.weights import ClassWeighted, weighted_row_mean
 
@@ -86,9 +86,7 @@ class OrdinalTerm(ClassWeighted, LossTerm):
 
     def forward(self, out: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         logits = self.output(out, "logits", "the student module must return classifier logits")
-        labels = batch["labels"]
-        if self.teacher_label_for_unlabelled and "teacher_probs" in batch and "annotated" in batch:
-            labels = ce_targets(labels, batch["teacher_probs"], batch["annotated"])
+        labels = training_labels(batch, self.teacher_label_for_unlabelled)
         return {"loss": ordinal_loss(logits, labels, self.kind, self.class_weights())}
 
     def extra_repr(self) -> str:

@@ -217,7 +217,8 @@ def convert_gguf(gguf: str, target: str | os.PathLike) -> Path:
 
 def save_pretrained_atomically(model, tokenizer, target: str | os.PathLike, record_name: str,
                                record_text: str) -> Path:
-    """``save_pretrained`` of model and tokenizer plus a small record file into ``target``, atomically:
+    """``save_pretrained`` of model (None: the tokenizer alone) and tokenizer plus a small record file
+    into ``target``, atomically:
     written to a temp dir beside it, then renamed into place (a killed save leaves no half folder)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -226,7 +227,8 @@ def save_pretrained_atomically(model, tokenizer, target: str | os.PathLike, reco
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the checkpoint is a normal folder
     try:
-        model.save_pretrained(tmp)
+        if model is not None:
+            model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / record_name).write_text(record_text)
         if target.exists():
@@ -338,17 +340,7 @@ def load_gguf_tokenizer(cfg, gguf: str):
     if not (marker.is_file() and marker.read_text() == record):
         directory, name = os.path.split(os.path.abspath(gguf))
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.tmp-", dir=folder.parent))
-        try:
-            tokenizer.save_pretrained(tmp)
-            (tmp / CONVERTED_MARKER).write_text(record)
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        save_pretrained_atomically(None, tokenizer, folder, CONVERTED_MARKER, record)
     return load_teacher_tokenizer({**cfg, "tokenizer": str(folder)}, None)
 
 
