@@ -3,6 +3,8 @@
 #   bash experiments/graded_decisions/run.sh chorus_icecat [seeds...]
 #   bash experiments/graded_decisions/run.sh home_depot [seeds...]   (HOME_DEPOT=<path to train.csv.zip>)
 #   VARIANTS="ce ordinal" bash experiments/graded_decisions/run.sh ...   (a subset of the variants)
+# As run for the README: chorus_icecat seeds 1-3 with OMP_NUM_THREADS=1 (two jobs side by side);
+# home_depot seeds 1 and 2, VARIANTS="ce ordinal" (plus ce_balanced, seed 1), bf16-mixed.
 # The plain cross-encoder (extractor=none, no teacher), 2 epochs, one multirun per variant:
 #   argmax       today's rule: argmax, the best epoch on val macro-F1
 #   ce           plain CE, thresholds tuned on val for QWK, the best epoch on val/tuned/qwk
@@ -17,7 +19,8 @@ PY=${PYTHON:-python}
 OUT=logs/graded_decisions/$DATA
 COMMON=(extractor=none data.annotations=null trainer.max_epochs=2 seed=$SEEDS callbacks.progress_bar=null)
 if [ "$DATA" = home_depot ]; then
-    COMMON+=(data=home_depot data.path=${HOME_DEPOT:-../shared/data/home_depot/train.csv.zip} data.max_pairs=20000)
+    COMMON+=(data=home_depot data.path=${HOME_DEPOT:-../shared/data/home_depot/train.csv.zip} data.max_pairs=20000
+             trainer.precision=bf16-mixed)
 fi
 TUNED=(decision=thresholds decision.metric=qwk callbacks.model_checkpoint.monitor=val/tuned/qwk)
 for variant in ${VARIANTS:-argmax ce ce_balanced ordinal}; do
