@@ -106,7 +106,7 @@ class EagerRunner:
 
 class OnnxRunner:
     def __init__(self, name: str, path: Path, threads: int, params: int):
-        from lrkd.serve.export import OnnxScorer
+        from lrkd.serve.scorers import OnnxScorer
 
         self.name, self.kind = name, "onnx"
         self.scorer = OnnxScorer(path, threads=threads)
@@ -164,7 +164,7 @@ def teacher_prompts(pairs: int) -> list[list[str]]:
     """For the first ``pairs`` chorus_icecat pairs: K chat prompts each (one per perspective)."""
     import pandas as pd
 
-    from lrkd.data.tokenize import item_text
+    from lrkd.data.encode import item_text
 
     df = pd.read_parquet(ROOT_DIR / "datasets" / "chorus_icecat" / "pairs.parquet").head(pairs)
     grades = ", ".join(CHORUS_LABELS["names"])
@@ -324,7 +324,7 @@ def main(argv=None) -> dict:
           flush=True)
 
     from lrkd.serve.export import export_onnx, quantize_int8
-    from lrkd.serve.predict import ServingConfig
+    from lrkd.serve.config import ServingConfig
 
     runners = []
     workdir = tempfile.TemporaryDirectory(prefix="lrkd-latency-")
@@ -341,7 +341,7 @@ def main(argv=None) -> dict:
         for prec, path in (("fp32", fp32), ("int8", int8)):
             runners.append(OnnxRunner(f"onnx-{prec}/{ext}", path, args.threads, params))
             onnx_sizes[f"onnx-{prec}/{ext}"] = path.stat().st_size / 2**20
-    vocab = modules[extractors[0]].encoder.config.vocab_size
+    vocab = modules[extractors[0]].student.encoder.config.vocab_size
 
     timings = {r.name: {} for r in runners}
     for setting, batch, length in SETTINGS:

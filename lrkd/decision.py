@@ -50,7 +50,7 @@ def qwk_from_confusion(cm: np.ndarray) -> float:
 
 def macro_f1_from_confusion(cm: np.ndarray) -> float:
     """Mean F1 over the classes present in the gold labels or the predictions (scikit-learn's and
-    lrkd.metrics' convention)."""
+    lrkd.evaluation.metrics' convention)."""
     tp = np.diag(cm).astype(np.float64)
     gold, pred = cm.sum(1), cm.sum(0)
     present = (gold + pred) > 0

@@ -1,6 +1,6 @@
 """Compare the jobs of one or more Hydra multiruns side by side.
 
-    python -m lrkd.report logs/extractor_ablation/multiruns/<time> [more dirs ...]
+    lrkd report logs/extractor_ablation/multiruns/<time> [more dirs ...]
         [--group-by extractor ...] [--metrics test/macro_f1 test/qwk ...] [--latency FILE] [--out DIR]
 
 A *job* is a directory with ``.hydra/overrides.yaml`` (Hydra writes one per job). Its status:
@@ -439,8 +439,8 @@ def write_report(report: Report, out_dir: str | Path, sources: Sequence[str | Pa
     return written
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lrkd.report", description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None, prog: str = "lrkd report") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("dirs", nargs="+", help="multirun directories (or folders of them, or job dirs)")
     parser.add_argument("--group-by", nargs="*", default=None,
                         help="keys to group by (default: every swept key except seed)")
@@ -452,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs = find_jobs(args.dirs)
         report = build_report(jobs, group_by=args.group_by, metrics=args.metrics, latency_file=args.latency)
     except (DataError, ValueError) as e:
-        print(f"lrkd.report: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 2
     written = write_report(report, args.out or args.dirs[0], sources=args.dirs)
     print(written["report.md"].read_text())

@@ -1,10 +1,10 @@
 """A DeepSpeed ZeRO checkpoint (a directory, one shard per rank) -> one fp32 Lightning checkpoint file.
 
-    python -m lrkd.zero_to_fp32 <checkpoint dir> [<output file>] [--tag TAG]
+    lrkd zero-to-fp32 <checkpoint dir> [<output file>] [--tag TAG]
 
 The output (default: ``<checkpoint dir without .ckpt>.fp32.ckpt`` next to it) is what
-``StudentModule.load_from_checkpoint(path, weights_only=True)``, ``python -m lrkd.predict``,
-``python -m lrkd.export`` and ``data``/serving code read: the consolidated fp32 ``state_dict`` plus
+``StudentModule.load_from_checkpoint(path, weights_only=True)``, ``lrkd predict``,
+``lrkd export`` and ``data``/serving code read: the consolidated fp32 ``state_dict`` plus
 the run's Lightning state (``hyper_parameters`` with the student's ``data_spec``, epoch,
 global_step, callbacks). The consolidation is Lightning's own
 (``lightning.pytorch.utilities.deepspeed.convert_zero_checkpoint_to_fp32_state_dict``, itself
@@ -68,8 +68,8 @@ def convert(checkpoint_dir: str | os.PathLike, output_file: str | os.PathLike | 
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lrkd.zero_to_fp32", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "lrkd zero-to-fp32") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint_dir", help="a DeepSpeed checkpoint directory (e.g. checkpoints/last.ckpt/)")
     parser.add_argument("output_file", nargs="?", default=None,
                         help="the fp32 checkpoint to write (default: <checkpoint dir>.fp32.ckpt)")

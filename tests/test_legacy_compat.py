@@ -22,7 +22,7 @@ def _inputs(rec: dict) -> tuple[torch.Tensor, ...]:
 
 
 def test_old_checkpoint_scores_identically_through_load_student(recorded):
-    from lrkd.serve.predict import load_student
+    from lrkd.serve.scorers import load_student
 
     student, config = load_student(LEGACY / "student.ckpt")
     with torch.no_grad():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lrkd.data.schema import LabelSet
-from lrkd.metrics import RelevanceMetrics
+from lrkd.evaluation.metrics import RelevanceMetrics
 
 LS3 = LabelSet(names=("exact", "partial", "irrelevant"))  # gains 2, 1, 0
 NAN = float("nan")

@@ -128,7 +128,7 @@ def test_student_on_two_cpu_ranks_writes_once_and_matches_a_single_process(make_
 
     files = tree(run)
     best = Path(result["best_checkpoint"])
-    assert files == {"metrics.json", "checkpoints", "checkpoints/last.ckpt", f"checkpoints/{best.name}", "csv",
+    assert files == {"metrics.json", "stage.json", "checkpoints", "checkpoints/last.ckpt", f"checkpoints/{best.name}", "csv",
                      "csv/metrics.csv", "csv/hparams.yaml"}, files
     assert not (tmp_path / "logs").exists() and not (ROOT / "lightning_logs").exists()
     metrics = json.loads((run / "metrics.json").read_text())
@@ -164,7 +164,7 @@ def test_multirun_of_two_ddp_jobs_makes_two_job_dirs_and_nothing_else(tmp_path, 
     assert sorted(os.listdir(sweep)) == ["0", "1", "multirun.yaml"]
     for job, seed in (("0", 1), ("1", 2)):
         names = sorted(os.listdir(sweep / job))
-        assert names == [".hydra", "checkpoints", "csv", "metrics.json", "student.log"], names
+        assert names == [".hydra", "checkpoints", "csv", "metrics.json", "stage.json", "student.log"], names
         assert OmegaConf.load(sweep / job / ".hydra" / "config.yaml").seed == seed
         assert "test/macro_f1" in json.loads((sweep / job / "metrics.json").read_text())
 
@@ -205,7 +205,7 @@ def test_teacher_sft_on_two_cpu_ranks_saves_once(make_cfg, tmp_path, monkeypatch
 
 def test_annotation_on_two_ranks_equals_one_process(make_cfg, tmp_path):
     from lrkd.artefact import load_artefact
-    from lrkd.artefact_ranks import parts_dir
+    from lrkd.artefact.ranks import parts_dir
 
     common = ["stage=teacher_annotate", "teacher=tiny", "stage.source=base", "stage.max_pairs=7",
               "stage.batch_size=1", "stage.max_new_tokens=4", "stage.shard_size=2", "stage.splits=[train,val]"]
@@ -311,7 +311,7 @@ def test_zero_on_gloo_then_the_checkpoint_converts_to_one_fp32_file(make_cfg, tm
     import torch.multiprocessing as mp
     from lightning.fabric.plugins.environments.lightning import find_free_network_port
 
-    from lrkd.serve.predict import load_student
+    from lrkd.serve.scorers import load_student
     from lrkd.student.module import StudentModule
     from lrkd.zero_to_fp32 import main as zero_to_fp32
 
@@ -333,13 +333,13 @@ def test_zero_on_gloo_then_the_checkpoint_converts_to_one_fp32_file(make_cfg, tm
     for key, value in full.items():
         assert state[key].dtype == torch.float32 and torch.equal(state[key], value), key
     served, serving = load_student(converted)  # predict and export read it too
-    assert serving.max_length == 64 and torch.equal(served.classifier[1].weight, full["classifier.1.weight"])
+    assert serving.max_length == 64 and torch.equal(served.classifier[1].weight, full["student.classifier.1.weight"])
 
 
 def test_ranked_writer_merges_the_parts_once_and_resumes(tmp_path):
     """The merge logic without processes: two ranks' writers driven in turn (barriers no-ops)."""
     from lrkd.artefact import ArtefactWriter, load_artefact
-    from lrkd.artefact_ranks import RankedArtefactWriter, parts_dir
+    from lrkd.artefact.ranks import RankedArtefactWriter, parts_dir
     from lrkd.distributed import Ranks
 
     class TurnTaking(Ranks):

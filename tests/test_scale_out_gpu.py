@@ -33,7 +33,7 @@ def _needs(trainer: str) -> None:
 @pytest.mark.parametrize("trainer", TRAINERS)
 def test_student_fits_and_tests(make_cfg, tmp_path, trainer):
     _needs(trainer)
-    from lrkd.serve.predict import load_student
+    from lrkd.serve.scorers import load_student
 
     run = tmp_path / "run"
     result = get_stage("student")(make_cfg(f"trainer={trainer}", "trainer.devices=1", *FAST, output_dir=run))

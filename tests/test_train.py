@@ -109,7 +109,7 @@ class KillAtStep(L.Callback):
 
 def _fit(cfg, extra_callbacks=(), ckpt_path=None):
     from lrkd.student.module import StudentModule
-    from lrkd.stages.student import _instantiate_group, without_logger_callbacks
+    from lrkd.stages.base import instantiate_group, without_logger_callbacks
 
     L.seed_everything(cfg.seed, workers=True)
     needs_view = bool(instantiate(cfg.loss).needs_augmented_view)
@@ -117,7 +117,7 @@ def _fit(cfg, extra_callbacks=(), ckpt_path=None):
     dm.setup("fit")
     model = StudentModule(encoder=cfg.student, extractor=cfg.extractor, loss=cfg.loss,
                           optimizer=cfg.optimizer, data_spec=dm.spec.to_dict())
-    callbacks = without_logger_callbacks(_instantiate_group(cfg.callbacks), [])
+    callbacks = without_logger_callbacks(instantiate_group(cfg.callbacks), [])
     trainer = instantiate(cfg.trainer, callbacks=callbacks + list(extra_callbacks), logger=False)
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     return model, trainer
@@ -146,7 +146,7 @@ def test_resume_after_kill_matches_uninterrupted_run(make_cfg, tmp_path):
     for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=f"{name} differs after resume")
     # and training moved the weights after the resume: the comparison is not vacuous
-    assert not torch.allclose(at_kill["state_dict"]["classifier.1.weight"], resumed.classifier[1].weight)
+    assert not torch.allclose(at_kill["state_dict"]["student.classifier.1.weight"], resumed.student.classifier[1].weight)
 
 
 def test_nan_loss_stops_with_step_and_batch(make_cfg, monkeypatch):
@@ -159,7 +159,7 @@ def test_nan_loss_stops_with_step_and_batch(make_cfg, monkeypatch):
     def poisoned(self, batch, batch_idx):
         if self.global_step == 2:
             with torch.no_grad():
-                self.classifier[1].weight.fill_(float("nan"))
+                self.student.classifier[1].weight.fill_(float("nan"))
         return original(self, batch, batch_idx)
 
     monkeypatch.setattr(StudentModule, "training_step", poisoned)

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from lrkd.data.batch import AUG_PREFIX
 from lrkd.data.pool import cached_pool, pool_options
 from lrkd.data.sampler import eval_sampler, make_train_loader
+from lrkd.data.encode import pad_sequences
 from lrkd.data.schema import REQUIRED_COLUMNS, DataError, DataSpec, LabelSet, dataset_fingerprint
 from lrkd.data.splits import split_by_query
 from lrkd.data.tokenize import TokenizedView, tokenize_augmented, tokenize_standard
@@ -71,17 +72,6 @@ class PairDataset(Dataset):
         if self.aug_tokens is not None:
             item["aug_input_ids"], item["aug_token_type_ids"] = self.aug_tokens[j]
         return item
-
-
-def pad_sequences(seqs: Sequence[np.ndarray], pad_value: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad 1-d int sequences to the longest: (values [B, L] long, mask [B, L] long)."""
-    width = max((len(s) for s in seqs), default=0)
-    values = np.full((len(seqs), width), pad_value, dtype=np.int64)
-    mask = np.zeros((len(seqs), width), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        values[i, :len(s)] = s
-        mask[i, :len(s)] = 1
-    return torch.from_numpy(values), torch.from_numpy(mask)
 
 
 class PairCollator:

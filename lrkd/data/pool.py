@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from lrkd.data.schema import UNLABELLED, DataError, text_fields
-from lrkd.data.tokenize import item_texts
+from lrkd.data.encode import item_texts
 
 log = logging.getLogger(__name__)
 

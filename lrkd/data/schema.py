@@ -83,6 +83,11 @@ class LabelSet:
         except ValueError:
             raise KeyError(f"{name!r} is not a grade of {self.names}") from None
 
+    def to_dict(self) -> dict:
+        """Plain, JSON-able form; ``LabelSet.from_config(ls.to_dict()) == ls``."""
+        return {"names": list(self.names), "gains": list(self.gains), "values": list(self.values),
+                "relevant_up_to": int(self.relevant_up_to)}
+
     @classmethod
     def from_config(cls, cfg) -> "LabelSet":
         """From a mapping with keys names, gains?, values?, relevant_up_to?."""
@@ -124,9 +129,7 @@ class DataSpec:
 
     def to_dict(self) -> dict:
         """Plain, JSON-able form (stored in checkpoints' hyper-parameters)."""
-        ls = self.label_set
-        return {"label_set": {"names": list(ls.names), "gains": list(ls.gains), "values": list(ls.values),
-                              "relevant_up_to": ls.relevant_up_to},
+        return {"label_set": self.label_set.to_dict(),
                 "perspectives": list(self.perspectives), "latent_dim": int(self.latent_dim),
                 "has_annotations": bool(self.has_annotations), "has_relevance": bool(self.has_relevance)}
 

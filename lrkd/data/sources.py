@@ -23,35 +23,24 @@ mean class index (ties go to the more relevant grade).
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import math
 import os
-import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from lrkd.data.encode import is_missing, normalise_query, query_text, to_text
+from lrkd.data.io import RawTable, read_table
 from lrkd.data.schema import DataError, LabelSet
 
 DUPLICATE_POLICIES = ("error", "mean")
 SCHEMA_ID_TEXT_COLUMNS = ("query_id", "query", "item_id", "item_title")
-_COMPRESSION_SUFFIXES = (".zip", ".gz", ".bz2", ".xz", ".zst")
-_FORMAT_BY_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-                     ".parquet": "parquet", ".pq": "parquet"}
 
 
 # ---------------------------------------------------------------------------------------------
 # ids
-
-
-def normalise_query(text: str) -> str:
-    """The form of a query that decides its identity: NFKC, case-folded, whitespace collapsed."""
-    return " ".join(unicodedata.normalize("NFKC", str(text)).casefold().split())
 
 
 def query_id_for(text: str) -> str:
@@ -75,139 +64,12 @@ def bin_relevance(values, thresholds: Sequence[float]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# reading a file
-
-
-@dataclass(frozen=True)
-class RawTable:
-    """A file as read: its columns (as stored), and each row's 1-based line/row number in it."""
-
-    frame: pd.DataFrame
-    path: str
-    rows: np.ndarray  # [N] int, the number a DataError reports for each row
-
-    def require(self, column: str, role: str) -> pd.Series:
-        if column not in self.frame.columns:
-            raise DataError(f"missing column {column!r} (needed for {role}); columns found: "
-                            f"{[str(c) for c in self.frame.columns]}", path=self.path, column=column)
-        return self.frame[column]
-
-
-def detect_format(path: str | os.PathLike) -> str:
-    """csv, tsv, jsonl or parquet from the file name (a compression suffix such as .zip is skipped)."""
-    name = Path(path).name.lower()
-    for suffix in _COMPRESSION_SUFFIXES:
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    fmt = _FORMAT_BY_SUFFIX.get(Path(name).suffix)
-    if fmt is None:
-        raise DataError("cannot tell the format from the file name; give format= csv, tsv, jsonl "
-                        "or parquet", path=str(path))
-    return fmt
-
-
-def read_table(path: str | os.PathLike, format: str = "auto", encoding: str = "utf-8") -> RawTable:
-    """Read a CSV/TSV (all cells as text), JSONL or Parquet file. Raises DataError when the file is
-    missing, unreadable, or has no data rows."""
-    path_str = str(path)
-    if not os.path.exists(path_str):
-        raise DataError("file not found", path=path_str)
-    if os.path.isdir(path_str):
-        raise DataError("is a directory, not a file", path=path_str)
-    fmt = detect_format(path_str) if format == "auto" else format
-    if fmt in ("csv", "tsv"):
-        frame = _read_csv(path_str, sep="," if fmt == "csv" else "\t", encoding=encoding)
-        rows = np.arange(len(frame)) + 2
-    elif fmt == "jsonl":
-        frame, rows = _read_jsonl(path_str, encoding)
-    elif fmt == "parquet":
-        try:
-            frame = pd.read_parquet(path_str)
-        except Exception as e:  # pyarrow raises ArrowInvalid / OSError for non-Parquet bytes
-            raise DataError(f"cannot read as Parquet: {e}", path=path_str) from e
-        rows = np.arange(len(frame)) + 1
-    else:
-        raise ValueError(f"unknown format {format!r}; use auto, csv, tsv, jsonl or parquet")
-    if len(frame) == 0:
-        raise DataError("empty file: no data rows", path=path_str)
-    return RawTable(frame=frame.reset_index(drop=True), path=path_str, rows=np.asarray(rows))
-
-
-def _read_csv(path: str, sep: str, encoding: str) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding=encoding)
-    except pd.errors.EmptyDataError as e:
-        raise DataError("empty file: no header and no rows", path=path) from e
-    except UnicodeDecodeError as e:
-        line = _first_undecodable_line(path, encoding)
-        raise DataError(f"not readable as {encoding} text ({e.reason}); pass encoding=",
-                        path=path, row=line) from e
-    except (pd.errors.ParserError, OSError, ValueError) as e:
-        raise DataError(f"cannot read as CSV: {e}", path=path) from e
-
-
-def _first_undecodable_line(path: str, encoding: str) -> int | None:
-    """1-based number of the first line that does not decode (plain files only), else None."""
-    if path.lower().endswith(_COMPRESSION_SUFFIXES):
-        return None
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                raw.decode(encoding)
-            except UnicodeDecodeError:
-                return number
-    return None
-
-
-def _read_jsonl(path: str, encoding: str) -> tuple[pd.DataFrame, list[int]]:
-    opener = gzip.open if path.lower().endswith(".gz") else open
-    records, rows = [], []
-    try:
-        with opener(path, "rt", encoding=encoding) as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue  # blank lines (e.g. a trailing newline) carry no record
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"malformed JSON line: {e.msg} (at character {e.pos + 1})",
-                                    path=path, row=number) from e
-                if not isinstance(record, dict):
-                    raise DataError(f"a JSONL line must hold an object, got {type(record).__name__}",
-                                    path=path, row=number)
-                records.append(record)
-                rows.append(number)
-    except UnicodeDecodeError as e:
-        raise DataError(f"not readable as {encoding} text ({e.reason}); pass encoding=",
-                        path=path, row=len(rows) + 1 if rows else None) from e
-    except OSError as e:
-        raise DataError(f"cannot read: {e}", path=path) from e
-    return pd.DataFrame.from_records(records), rows
-
-
-# ---------------------------------------------------------------------------------------------
 # cells -> schema values
-
-
-def _is_missing(value) -> bool:
-    if value is None or value is pd.NA:
-        return True
-    return isinstance(value, float) and math.isnan(value)
-
-
-def _to_text(value) -> str:
-    """A cell as text: missing -> "", integral floats without ".0", surrounding whitespace stripped."""
-    if _is_missing(value):
-        return ""
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    return str(value).strip()
 
 
 def _label_key(value) -> str | None:
     """A raw label as a lookup key: numbers (and numeric text) in one form (3, 3.0, "3" -> "3")."""
-    if _is_missing(value):
+    if is_missing(value):
         return None
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value)).lower()
@@ -222,7 +84,7 @@ def _label_key(value) -> str | None:
 
 
 def _text_column(table: RawTable, column: str, role: str, required: bool) -> list[str]:
-    values = [_to_text(v) for v in table.require(column, role).tolist()]
+    values = [to_text(v) for v in table.require(column, role).tolist()]
     if required:
         for i, v in enumerate(values):
             if not v:
@@ -232,13 +94,13 @@ def _text_column(table: RawTable, column: str, role: str, required: bool) -> lis
 
 def _query_column(table: RawTable, column: str) -> list[str]:
     """Query text with whitespace runs collapsed (case kept)."""
-    return [" ".join(q.split()) for q in _text_column(table, column, "query", required=True)]
+    return [query_text(q) for q in _text_column(table, column, "query", required=True)]
 
 
 def _numeric_column(table: RawTable, column: str, role: str, allow_missing: bool) -> np.ndarray:
     out = np.empty(len(table.frame), dtype=np.float64)
     for i, value in enumerate(table.require(column, role).tolist()):
-        if _is_missing(value) or (isinstance(value, str) and not value.strip()):
+        if is_missing(value) or (isinstance(value, str) and not value.strip()):
             if not allow_missing:
                 raise DataError(f"missing {role} value", path=table.path, row=int(table.rows[i]),
                                 column=column)
@@ -270,11 +132,11 @@ def _labels_from_names(table: RawTable, column: str, label_set: LabelSet,
         if key_map is not None:
             key = _label_key(value)
             if key is None or key not in key_map:
-                raise DataError(f"label {_to_text(value)!r} is not a key of label_map "
+                raise DataError(f"label {to_text(value)!r} is not a key of label_map "
                                 f"{sorted(key_map)}", path=table.path, row=row, column=column)
             name = key_map[key]
         else:
-            name = _to_text(value)
+            name = to_text(value)
         if not name:
             raise DataError("missing label", path=table.path, row=row, column=column)
         if name not in label_set.names:
@@ -289,7 +151,7 @@ def _labels_from_indices(table: RawTable, column: str, label_set: LabelSet) -> n
     values = _numeric_column(table, column, "label", allow_missing=False)
     for i, v in enumerate(values):
         if not (v.is_integer() and 0 <= v < label_set.num_classes):
-            raise DataError(f"label {_to_text(v)!r} is not a class index of {list(label_set.names)} "
+            raise DataError(f"label {to_text(v)!r} is not a class index of {list(label_set.names)} "
                             f"(0..{label_set.num_classes - 1})", path=table.path,
                             row=int(table.rows[i]), column=column)
     return values.astype(np.int64)

@@ -23,12 +23,13 @@ import os
 import tempfile
 from itertools import chain
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from lrkd.data.schema import dataset_fingerprint, text_fields
+from lrkd.data.encode import check_max_length, item_texts, pair_token_ids, uses_token_types
+from lrkd.data.schema import dataset_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -36,41 +37,6 @@ log = logging.getLogger(__name__)
 TOKENIZE_VERSION = 1
 CHUNK_ROWS = 1024
 PROGRESS_MIN_ROWS = 2000
-
-
-# --------------------------------------------------------------------------------------- item text
-def field_title(column: str) -> str:
-    """``"category_path"`` -> ``"Category path"`` (underscores to spaces, first letter upper)."""
-    name = column.replace("_", " ").strip()
-    return name[:1].upper() + name[1:]
-
-
-def _clean(value) -> str:
-    if value is None or (isinstance(value, float) and value != value):  # None / NaN
-        return ""
-    return str(value).strip()
-
-
-def item_text(row: Mapping, text_fields: Sequence[str]) -> str:
-    """The item as shown to models: the title, then each non-empty text field as
-    ``"<Field name>: <value>"``, joined by ``". "``.
-
-    row: a mapping (dict, pandas Series) with ``item_title`` and the ``text_fields`` columns.
-    """
-    parts = [_clean(row["item_title"])]
-    for column in text_fields:
-        value = _clean(row.get(column) if hasattr(row, "get") else row[column])
-        if value:
-            parts.append(f"{field_title(column)}: {value}")
-    return ". ".join(parts)
-
-
-def item_texts(df) -> list[str]:
-    """:func:`item_text` of every row of a schema DataFrame, in row order."""
-    fields = text_fields(df)
-    columns = ["item_title"] + fields
-    return [item_text(dict(zip(columns, values)), fields)
-            for values in df[columns].itertuples(index=False, name=None)]
 
 
 # ------------------------------------------------------------------------------------ ragged store
@@ -211,10 +177,6 @@ def _cached(cache_dir, key: str, build) -> tuple[TokenizedView, bool]:
 
 
 # ------------------------------------------------------------------------------------ tokenization
-def _uses_token_types(tokenizer) -> bool:
-    return "token_type_ids" in getattr(tokenizer, "model_input_names", ["token_type_ids"])
-
-
 def _separator_id(tokenizer) -> int:
     sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     if sep is None:
@@ -227,40 +189,12 @@ def _chunks(n: int, desc: str):
                 total=(n + CHUNK_ROWS - 1) // CHUNK_ROWS)
 
 
-def _pair_chunk(tokenizer, queries: list[str], items: list[str], max_length: int) -> tuple[list, list]:
-    """Token ids and type ids of ``[CLS] q [SEP] item [SEP]`` for one chunk. Rows whose query alone
-    leaves no room for an item token are truncated ``longest_first`` (the query too) instead."""
-    budget = max_length - tokenizer.num_special_tokens_to_add(pair=True)
-    query_lengths = [len(ids) for ids in tokenizer(queries, add_special_tokens=False)["input_ids"]]
-    long_rows = {i for i, n in enumerate(query_lengths) if n >= budget}
-    ids: list = [None] * len(queries)
-    types: list = [None] * len(queries)
-    with_types = _uses_token_types(tokenizer)
-    for strategy, rows in (("only_second", [i for i in range(len(queries)) if i not in long_rows]),
-                           ("longest_first", sorted(long_rows))):
-        if not rows:
-            continue
-        enc = tokenizer([queries[i] for i in rows], [items[i] for i in rows], truncation=strategy,
-                        max_length=max_length, return_attention_mask=False, return_token_type_ids=with_types)
-        for j, i in enumerate(rows):
-            ids[i] = enc["input_ids"][j]
-            types[i] = enc["token_type_ids"][j] if with_types else [0] * len(ids[i])
-    return ids, types
-
-
-def _check_lengths(tokenizer, max_length: int) -> None:
-    minimum = tokenizer.num_special_tokens_to_add(pair=True) + 2
-    if max_length < minimum:
-        raise ValueError(f"max_length={max_length} leaves no room for a query and an item token "
-                         f"(needs >= {minimum} for {type(tokenizer).__name__})")
-
-
 def _standard_view(df, tokenizer, max_length: int, desc: str) -> TokenizedView:
     queries = [str(q) for q in df["query"].tolist()]
     items = item_texts(df)
     views = []
     for start in _chunks(len(queries), desc):
-        ids, types = _pair_chunk(tokenizer, queries[start:start + CHUNK_ROWS],
+        ids, types = pair_token_ids(tokenizer, queries[start:start + CHUNK_ROWS],
                                  items[start:start + CHUNK_ROWS], max_length)
         views.append(TokenizedView.from_lists(ids, types))
     return TokenizedView.concat(views)
@@ -274,7 +208,7 @@ def tokenize_standard(df, tokenizer, max_length: int, cache_dir: str | os.PathLi
     fingerprint: ``dataset_fingerprint(df)`` if the caller has it already (saves recomputing).
     Returns (view with len(df) sequences, hit) where hit tells whether it came from the cache.
     """
-    _check_lengths(tokenizer, max_length)
+    check_max_length(tokenizer, max_length)
     key = cache_key(fingerprint or dataset_fingerprint(df), tokenizer, "standard", max_length)
     return _cached(cache_dir, key, lambda: _standard_view(df, tokenizer, max_length, "tokenize pairs"))
 
@@ -294,7 +228,7 @@ def tokenize_augmented(df, rationales: Sequence[str], tokenizer, max_length: int
     rationales = [str(r) for r in rationales]
     if len(rationales) != len(df):
         raise ValueError(f"{len(rationales)} rationales for {len(df)} rows")
-    _check_lengths(tokenizer, item_max_length)
+    check_max_length(tokenizer, item_max_length)
     if max_length < item_max_length + 2:
         raise ValueError(f"max_length={max_length} must exceed item_max_length={item_max_length} by >= 2 "
                          "(one rationale token and its separator)")
@@ -304,7 +238,7 @@ def tokenize_augmented(df, rationales: Sequence[str], tokenizer, max_length: int
     def build() -> TokenizedView:
         prefix = _standard_view(df, tokenizer, item_max_length, "tokenize pairs (augmented view)")
         sep = _separator_id(tokenizer)
-        rationale_type = 1 if _uses_token_types(tokenizer) else 0
+        rationale_type = 1 if uses_token_types(tokenizer) else 0
         views = []
         for start in _chunks(len(rationales), "tokenize rationales"):
             chunk = rationales[start:start + CHUNK_ROWS]

@@ -1,5 +1,6 @@
-"""Export the served student (encoder, extractor, classifier) to ONNX; int8 dynamic quantization;
-an ONNX Runtime scorer; and the int8 quality cost on chorus_icecat.
+"""Export the served student (encoder, extractor, classifier) to ONNX, and int8 dynamic
+quantization. (The ONNX Runtime scorer is :class:`lrkd.serve.scorers.OnnxScorer`; the int8 quality
+cost on chorus_icecat is :func:`lrkd.evaluation.quality.quality_cost`.)
 
 The exported graph is :class:`ServingStudent`:
 
@@ -14,31 +15,27 @@ student has one: lrkd.decision), so predict can run from the ONNX file alone and
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from lrkd.data.batch import INPUT_KEYS
-from lrkd.data.schema import DataError
-from lrkd.serve.predict import ServingConfig, TorchScorer
+from lrkd.serve.config import OUTPUT_NAMES, ServingConfig, read_sidecar, sidecar_path, write_sidecar
+from lrkd.utils import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-OUTPUT_NAMES = ("logits", "probs")
 DEFAULT_OPSET = 17
-SIDECAR_FORMAT_VERSION = 1
 
 
 class ServingStudent(nn.Module):
     """The student as one inference graph: (input_ids, attention_mask, token_type_ids) [B, L] int64
     -> (logits [B, C], probs [B, C]). ``student`` is anything with ``predict_logits`` (a
-    StudentModule, or one loaded by :func:`lrkd.serve.hf.load_student_pretrained`)."""
+    RelevanceStudent, or the StudentModule that trains one)."""
 
     def __init__(self, student: nn.Module):
         super().__init__()
@@ -49,30 +46,10 @@ class ServingStudent(nn.Module):
         return logits, logits.softmax(dim=-1)
 
 
-def sidecar_path(onnx_path: str | os.PathLike) -> Path:
-    """``student.onnx`` -> ``student.json`` (the serving config beside the model)."""
-    return Path(onnx_path).with_suffix(".json")
-
-
 def int8_path(onnx_path: str | os.PathLike) -> Path:
     """``student.onnx`` -> ``student.int8.onnx``."""
     p = Path(onnx_path)
     return p.with_name(p.stem + ".int8" + p.suffix)
-
-
-def write_sidecar(onnx_path: str | os.PathLike, config: ServingConfig, **extra) -> Path:
-    path = sidecar_path(onnx_path)
-    payload = {"format_version": SIDECAR_FORMAT_VERSION, "inputs": list(INPUT_KEYS),
-               "outputs": list(OUTPUT_NAMES), **config.to_dict(), **extra}
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    return path
-
-
-def read_sidecar(onnx_path: str | os.PathLike) -> dict:
-    path = sidecar_path(onnx_path)
-    if not path.exists():
-        raise DataError(f"no serving config {path.name} beside the ONNX model", path=str(onnx_path))
-    return json.loads(path.read_text())
 
 
 def _example_inputs(vocab_size: int) -> tuple[torch.Tensor, ...]:
@@ -91,7 +68,7 @@ def export_onnx(student: nn.Module, path: str | os.PathLike, config: ServingConf
                 opset: int = DEFAULT_OPSET) -> Path:
     """Export ``student`` (in eval mode) to ``path``, check it with ``onnx.checker`` and write the
     sidecar JSON. Returns the ONNX path."""
-    import onnx
+    import onnx  # the serve extra
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +103,7 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike | No
     pairs, a MiniLM student), one scale per tensor (ONNX Runtime's default) moved the probabilities
     by up to 0.55 and changed the argmax of 10.5 % of pairs; per channel, up to 0.24 and 3.8 %
     (benchmarks/README.md)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # the serve extra
 
     out = Path(out_path) if out_path is not None else int8_path(fp32_path)
     quiet = logging.getLogger().level
@@ -139,125 +116,8 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike | No
     meta = read_sidecar(fp32_path) if sidecar_path(fp32_path).exists() else None
     if meta is not None:
         meta.update(precision="int8-dynamic", per_channel=bool(per_channel))
-        sidecar_path(out).write_text(json.dumps(meta, indent=2) + "\n")
+        write_json_atomic(sidecar_path(out), meta)
     return out
 
 
-class OnnxScorer:
-    """ONNX Runtime scoring of an exported student: the :class:`~lrkd.serve.predict.Scorer`
-    interface. threads: intra-op threads (None = ONNX Runtime's default, all cores)."""
-
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
-        import onnxruntime as ort
-
-        self.path = Path(path)
-        if not self.path.exists():
-            raise DataError("ONNX model not found", path=str(path))
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = int(threads)
-            options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        outputs = [o.name for o in self.session.get_outputs()]
-        self._probs_index = outputs.index("probs") if "probs" in outputs else None
-
-    @property
-    def config(self) -> ServingConfig:
-        return ServingConfig.from_dict(read_sidecar(self.path))
-
-    def run(self, input_ids, attention_mask, token_type_ids) -> dict[str, np.ndarray]:
-        """All outputs by name ({"logits", "probs"}: [B, C] float32)."""
-        feed = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        feed = {k: np.ascontiguousarray(np.asarray(feed[k]), dtype=np.int64) for k in self.input_names}
-        names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(None, feed)))
-
-    def __call__(self, input_ids, attention_mask, token_type_ids) -> np.ndarray:
-        out = self.run(input_ids, attention_mask, token_type_ids)
-        if "probs" in out:
-            return out["probs"]
-        logits = out["logits"]
-        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        return e / e.sum(axis=-1, keepdims=True)
-
-
-# --------------------------------------------------------------------------- quality cost
-def chorus_datamodule(tokenizer: str, max_length: int, batch_size: int = 64, cache_dir: str | None = None):
-    """The embedded chorus_icecat data module of ``conf/data/chorus_icecat.yaml`` (its split), with
-    the given tokenizer and max length; set up."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    from lrkd.config import ROOT_DIR
-
-    conf = ROOT_DIR / "conf"
-    cfg = OmegaConf.create({"paths": OmegaConf.load(conf / "paths" / "default.yaml"),
-                            "student": {"tokenizer": tokenizer},
-                            "perspectives": ["user_intent", "structured_analysis", "business_rules"],
-                            "data": OmegaConf.load(conf / "data" / "chorus_icecat.yaml")})
-    cfg.data.max_length = int(max_length)
-    cfg.data.eval_batch_size = int(batch_size)
-    if cache_dir is not None:
-        cfg.paths.cache_dir = str(cache_dir)
-    dm = instantiate(cfg.data, annotations=None, _recursive_=False)  # the test split alone: no teacher needed
-    dm.setup("test")
-    return dm
-
-
-def quality_cost(checkpoint: str | os.PathLike, onnx_fp32: str | os.PathLike, onnx_int8: str | os.PathLike,
-                 *, split: str = "test", batch_size: int = 64, cache_dir: str | None = None,
-                 threads: int | None = None, progress: bool = True, max_length: int | None = None) -> dict:
-    """Quality of the eager student, its fp32 ONNX export and the int8 one on a chorus_icecat split
-    (default test; the split of conf/data/chorus_icecat.yaml, the one training used by default).
-
-    Returns {"split", "pairs", "metrics": {"eager"|"onnx_fp32"|"onnx_int8": {metric: value}},
-    "int8_minus_fp32": {metric: delta}, "max_abs_prob_diff": {"onnx_fp32_vs_eager",
-    "onnx_int8_vs_onnx_fp32"}, "argmax_agreement_int8_vs_fp32": fraction}. Metrics are
-    :class:`lrkd.metrics.RelevanceMetrics` (macro_f1, qwk, ndcg@10, ...) without prefix.
-    """
-    from tqdm.auto import tqdm
-
-    from lrkd.metrics import RelevanceMetrics
-    from lrkd.serve.predict import load_student
-
-    module, config = load_student(checkpoint, max_length=max_length)
-    if config.label_set.num_classes != 4:
-        raise ValueError(f"the checkpoint has {config.label_set.num_classes} classes; chorus_icecat has 4 grades")
-    dm = chorus_datamodule(config.tokenizer, config.max_length, batch_size, cache_dir)
-    scorers = {"eager": TorchScorer(module), "onnx_fp32": OnnxScorer(onnx_fp32, threads),
-               "onnx_int8": OnnxScorer(onnx_int8, threads)}
-    metrics = {k: RelevanceMetrics(config.label_set, prefix="", has_relevance=True) for k in scorers}
-    diff_fp32 = diff_int8 = 0.0
-    agree = total = 0
-    for batch in tqdm(dm.test_dataloader() if split == "test" else dm.val_dataloader(),
-                      desc=f"quality ({split})", disable=not progress):
-        inputs = {k: batch[k].numpy() for k in INPUT_KEYS}
-        probs = {k: np.asarray(s(**inputs), dtype=np.float32) for k, s in scorers.items()}
-        for k, p in probs.items():
-            metrics[k].update(torch.from_numpy(p), batch["labels"], batch["query_index"], batch["relevance"])
-        diff_fp32 = max(diff_fp32, float(np.abs(probs["onnx_fp32"] - probs["eager"]).max()))
-        diff_int8 = max(diff_int8, float(np.abs(probs["onnx_int8"] - probs["onnx_fp32"]).max()))
-        agree += int((probs["onnx_int8"].argmax(-1) == probs["onnx_fp32"].argmax(-1)).sum())
-        total += len(batch["labels"])
-    values = {k: {name: float(v) for name, v in m.compute().items()} for k, m in metrics.items()}
-    return {"split": split, "pairs": total, "checkpoint": str(checkpoint), "metrics": values,
-            "int8_minus_fp32": {name: values["onnx_int8"][name] - values["onnx_fp32"][name]
-                                for name in values["onnx_fp32"]},
-            "max_abs_prob_diff": {"onnx_fp32_vs_eager": diff_fp32, "onnx_int8_vs_onnx_fp32": diff_int8},
-            "argmax_agreement_int8_vs_fp32": agree / max(total, 1)}
-
-
-def format_quality(report: dict, keys=("macro_f1", "qwk", "ndcg@10", "accuracy")) -> str:
-    """A small Markdown table of :func:`quality_cost`'s result."""
-    lines = ["| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-    for name, m in report["metrics"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in keys) + " |")
-    lines.append("| int8 - fp32 | " + " | ".join(f"{report['int8_minus_fp32'][k]:+.4f}" for k in keys) + " |")
-    return "\n".join(lines)
-
-
-__all__ = ["ServingStudent", "export_onnx", "quantize_int8", "OnnxScorer", "sidecar_path", "int8_path",
-           "write_sidecar", "read_sidecar", "chorus_datamodule", "quality_cost", "format_quality",
-           "OUTPUT_NAMES", "DEFAULT_OPSET"]
+__all__ = ["ServingStudent", "export_onnx", "quantize_int8", "int8_path", "DEFAULT_OPSET"]

@@ -5,32 +5,21 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lrkd.artefact import read_manifest
 from lrkd.distributed import best_model_score, sync_loggers_after_spawned_fit
+from lrkd.stages.base import StageRun, instantiate_group, without_logger_callbacks
 from lrkd.student.module import StudentModule
 from lrkd.sweep import apply_wandb_identity, finish_wandb, log_test_extras
 from lrkd.zero_to_fp32 import convert as zero_to_fp32, is_zero_checkpoint
 
 log = logging.getLogger(__name__)
-
-
-def _instantiate_group(cfg: DictConfig | None) -> list:
-    """A group of ``_target_`` nodes (callbacks, loggers) -> objects; null entries are skipped."""
-    if not cfg:
-        return []
-    return [instantiate(node) for node in cfg.values() if node is not None and "_target_" in node]
-
-
-def without_logger_callbacks(callbacks: list, loggers: list) -> list:
-    """Drop callbacks that need a logger (LearningRateMonitor) when there is none (logger=none)."""
-    from lightning.pytorch.callbacks import LearningRateMonitor
-
-    return callbacks if loggers else [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
 
 
 class TeacherBelowBaselineWarning(UserWarning):
@@ -55,13 +44,9 @@ def check_teacher(cfg: DictConfig, datamodule, loss) -> list[str]:
     """``stage.quality_gate``: warn, before training, when a loss reads a teacher that scored below
     the student's own CE baseline on this dataset's test split (the figures the teacher stage wrote
     into the artefact's manifest, ``extra.teacher_test``). Returns the failing comparisons."""
-    import warnings
-
     gate = cfg.stage.get("quality_gate")
     if not gate or not loss.needs_annotations or not datamodule.annotations:
         return []
-    from lrkd.artefact import read_manifest
-
     extra = read_manifest(datamodule.annotations).extra
     baselines = OmegaConf.to_container(gate.get("baselines") or {}, resolve=True)
     failing = teacher_quality_gate(extra.get("teacher_test"), baselines.get(str(cfg.data.name)),
@@ -78,9 +63,10 @@ def check_teacher(cfg: DictConfig, datamodule, loss) -> list[str]:
 def run_student(cfg: DictConfig) -> dict:
     """Fit, test the best checkpoint, write metrics.json. Returns the test metrics (flat keys) and
     ``cfg.optimized_metric``'s value under the key ``optimized_metric`` when it is set."""
-    started = time.time()
-    L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    # the student's folder is its Hydra run dir: a fresh one each run, so never reused; resumed by ckpt_path
+    run = StageRun(cfg, "student", output_dir, {k: v for k, v in cfg.items() if k != "paths"})
+    run.start()
 
     loss = instantiate(cfg.loss)  # cheap: tells the data module whether to build the augmented view
     datamodule = instantiate(cfg.data, with_augmented_view=bool(loss.needs_augmented_view), seed=cfg.seed,
@@ -103,8 +89,8 @@ def run_student(cfg: DictConfig) -> dict:
     log.info("parameters: %s", counts)
 
     apply_wandb_identity(cfg)  # W&B: group = the sweep, name and tags = the job's overrides
-    loggers = _instantiate_group(cfg.get("logger"))
-    callbacks = without_logger_callbacks(_instantiate_group(cfg.get("callbacks")), loggers)
+    loggers = instantiate_group(cfg.get("logger"))
+    callbacks = without_logger_callbacks(instantiate_group(cfg.get("callbacks")), loggers)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in trainer.loggers:
         lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True),
@@ -125,7 +111,7 @@ def run_student(cfg: DictConfig) -> dict:
                             datamodule.spec.label_set.names)
         # val/*: the last validation (for choosing presets on val, never on test)
         result = {**val, **metrics, **{f"params/{k}": v for k, v in counts.items()},
-                  "best_checkpoint": ckpt, "wall_time_s": round(time.time() - started, 1)}
+                  "best_checkpoint": ckpt, "wall_time_s": round(time.time() - run.started, 1)}
         rule = model.decision_rule()
         if rule.kind != "argmax":  # the rule test/tuned/* used: the best checkpoint's, fitted on val
             result["decision"] = rule.to_dict()
@@ -143,6 +129,7 @@ def run_student(cfg: DictConfig) -> dict:
             output_dir.mkdir(parents=True, exist_ok=True)
             with open(output_dir / "metrics.json", "w") as f:
                 json.dump(result, f, indent=2, sort_keys=True)
+            run.record(metrics)
             print_metrics(metrics, title=f"test metrics ({cfg.data.name}, extractor="
                           f"{cfg.extractor._target_.rsplit('.', 1)[-1]}, loss terms {sorted(loss.active_terms)})")
         return result

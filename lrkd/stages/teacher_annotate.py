@@ -10,19 +10,18 @@ The student reads it with ``data.annotations=<work_dir>/annotations``.
 
 Several ranks (``trainer=ddp_cpu``, ``trainer=ddp``, or under torchrun/SLURM; docs/SCALE_OUT.md):
 rank r annotates every W-th pair of the pool into its own part, and rank 0 merges the parts into the
-artefact (:mod:`lrkd.artefact_ranks`); the artefact holds the same rows as one process's.
+artefact (:mod:`lrkd.artefact.ranks`); the artefact holds the same rows as one process's.
 """
 from __future__ import annotations
 
 import logging
 import shutil
-import time
 
 from omegaconf import DictConfig
 
-from lrkd.stages.teacher_common import (MODEL_FOLDER, decoding_options, evaluate_on_test, fingerprint_config,
-                                        inference_device, load_pairs, plain, pool_rows, require_finished, stage_folder)
-from lrkd.stages.work_dir import clear_stage_record, is_up_to_date, read_stage_record, stage_fingerprint, write_stage_record
+from lrkd.stages.base import StageRun, fingerprint_config, require_finished, select_rows
+from lrkd.stages.teacher_common import MODEL_FOLDER, decoding_options, evaluate_on_test, inference_device, load_pairs
+from lrkd.utils import plain
 
 log = logging.getLogger(__name__)
 
@@ -55,24 +54,22 @@ def _clear_other_artefact(out, fingerprint: str) -> None:
 
 def run_teacher_annotate(cfg: DictConfig) -> dict:
     """Annotate (or reuse, or resume); returns the stage metrics and ``reused``."""
-    from lrkd.artefact_ranks import artefact_writer
+    from lrkd.artefact.ranks import artefact_writer
     from lrkd.distributed import Ranks
     from lrkd.teacher.annotate import SentenceEmbedder, annotate_pool
     from lrkd.teacher.model import inference_model
     from lrkd.teacher.module import load_trained_teacher
     from lrkd.teacher.prompts import perspectives_from_config
 
-    started = time.time()
-    out = stage_folder(cfg, STAGE)
     model_dir, source_fingerprint = _teacher(cfg)
     dm = load_pairs(cfg)
-    fingerprint = stage_fingerprint(fingerprint_config(cfg), [source_fingerprint, dm.fingerprint])
-    if is_up_to_date(out, fingerprint):
-        log.info("teacher_annotate: %s is up to date (fingerprint %s...): reusing it", out, fingerprint[:12])
-        return {**read_stage_record(out)["metrics"], "artefact": str(out), "reused": True}
+    run = StageRun(cfg, STAGE, STAGE, fingerprint_config(cfg), [source_fingerprint, dm.fingerprint])
+    out, fingerprint = run.out, run.fingerprint
+    if (done := run.reused(artefact=str(out))) is not None:
+        return done
 
     ranks = Ranks.current()  # one process, or the ranks that run_on_ranks started
-    clear_stage_record(out)
+    run.start()
     if ranks.is_zero:
         _clear_other_artefact(out, fingerprint)
     perspectives = perspectives_from_config(cfg.perspective)
@@ -89,7 +86,7 @@ def run_teacher_annotate(cfg: DictConfig) -> dict:
         text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         vector_dim = int(text_config.hidden_size)
     decoding = decoding_options(cfg)
-    rows = pool_rows(dm.frame, dm.splits, plain(cfg.stage.splits), cfg.stage.get("max_pairs"), int(cfg.seed))
+    rows = select_rows(dm.frame, dm.splits, plain(cfg.stage.splits), cfg.stage.get("max_pairs"), int(cfg.seed))
     teacher_id = f"{cfg.teacher.name}:{cfg.stage.source}" + (f" ({model_dir})" if model_dir else "")
     writer = artefact_writer(out, ranks, teacher_id=teacher_id, perspectives=[p.name for p in perspectives],
                             label_names=grade_names, vector_dim=vector_dim, dataset_fingerprint=dm.fingerprint,
@@ -111,10 +108,9 @@ def run_teacher_annotate(cfg: DictConfig) -> dict:
                **(evaluate_on_test(cfg, model, tokenizer, dm, perspectives, f"annotate_{cfg.stage.source}")
                   if ranks.is_zero else {})}
     if ranks.is_zero:
-        write_stage_record(out, STAGE, fingerprint, time.time() - started, metrics)
+        run.record(metrics)
         log.info("teacher_annotate: %d pairs annotated into %s: %s", manifest.num_rows, out, metrics)
-    metrics = ranks.from_zero(metrics)
-    return {**metrics, "artefact": str(out), "reused": False}
+    return run.finish(ranks.from_zero(metrics), record=False, artefact=str(out))
 
 
 def run(cfg: DictConfig) -> dict:

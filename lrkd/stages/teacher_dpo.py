@@ -10,19 +10,16 @@ adapter disabled under LoRA, else log-probs computed once before training and ke
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 from omegaconf import DictConfig
 
 from lrkd.data.schema import DataError
-from lrkd.stages.teacher_common import (MODEL_FOLDER, TrainLoader, evaluate_on_test, finish_training,
-                                        fingerprint_config, fit_save_and_record, inference_device, load_pairs,
-                                        require_finished, resume_checkpoint, stage_folder)
+from lrkd.stages.base import StageRun, fingerprint_config, finish_training, require_finished
+from lrkd.stages.teacher_common import (MODEL_FOLDER, TrainLoader, evaluate_on_test, fit_save_and_record,
+                                        inference_device, load_pairs)
 from lrkd.stages.teacher_sft import optimizer_config
-from lrkd.stages.work_dir import clear_stage_record, is_up_to_date, read_stage_record, stage_fingerprint, write_stage_record
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +52,15 @@ def run_teacher_dpo(cfg: DictConfig) -> dict:
     from lrkd.teacher.module import TeacherDPOModule, load_trained_teacher, save_alias
     from lrkd.teacher.prompts import perspectives_from_config
 
-    started = time.time()
-    out = stage_folder(cfg, STAGE)
     gen_dir, gen_record = require_finished(cfg, "teacher_generate")
     sft_dir, sft_record = require_finished(cfg, "teacher_sft")
     dm = load_pairs(cfg)
-    fingerprint = stage_fingerprint(fingerprint_config(cfg), [gen_record["fingerprint"], sft_record["fingerprint"],
-                                                              dm.fingerprint])
-    if is_up_to_date(out, fingerprint):
-        log.info("teacher_dpo: %s is up to date (fingerprint %s...): reusing it", out, fingerprint[:12])
-        return {**read_stage_record(out)["metrics"], "reused": True}
-
-    clear_stage_record(out)
-    ckpt = resume_checkpoint(out, fingerprint)
-    L.seed_everything(int(cfg.seed), workers=True)
+    run = StageRun(cfg, STAGE, STAGE, fingerprint_config(cfg), [gen_record["fingerprint"], sft_record["fingerprint"],
+                                                               dm.fingerprint])
+    if (done := run.reused()) is not None:
+        return done
+    ckpt = run.start(resume=True)
+    out, fingerprint = run.out, run.fingerprint
     perspectives = perspectives_from_config(cfg.perspective)
     sft_model = sft_dir / MODEL_FOLDER
     module = TeacherDPOModule(teacher=cfg.teacher, optimizer=optimizer_config(cfg.stage), init_from=str(sft_model),
@@ -94,8 +86,7 @@ def run_teacher_dpo(cfg: DictConfig) -> dict:
         if cfg.stage.get("evaluate", False):
             model, tok = load_trained_teacher(cfg.teacher, out / MODEL_FOLDER)
             metrics.update(evaluate_on_test(cfg, model, tok, dm, perspectives, "dpo"))
-        write_stage_record(out, STAGE, fingerprint, time.time() - started, metrics)
-        return {**metrics, "reused": False}
+        return run.finish(metrics)
 
     dataset = PreferenceDataset(chosen, rejected, keep)
     if module.needs_precomputed_reference:
@@ -103,9 +94,8 @@ def run_teacher_dpo(cfg: DictConfig) -> dict:
         dataset.set_reference(*reference_logprobs(module, dataset, tokenizer.pad_token_id, out / REFERENCE_FILE,
                                                   fingerprint, int(cfg.stage.get("reference_batch_size", 8))))
     data = TrainLoader(dataset, int(cfg.stage.batch_size), PreferenceCollator(tokenizer.pad_token_id), int(cfg.seed))
-    return fit_save_and_record(cfg, module, data, out, ckpt, stage=STAGE, fingerprint=fingerprint, started=started,
-                               metrics=metrics, tokenizer=tokenizer, dm=dm, perspectives=perspectives,
-                               eval_name="dpo")
+    return fit_save_and_record(cfg, module, data, run, ckpt, metrics=metrics, tokenizer=tokenizer, dm=dm,
+                               perspectives=perspectives, eval_name="dpo")
 
 
 run = run_teacher_dpo

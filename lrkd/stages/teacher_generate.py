@@ -8,14 +8,13 @@ perspectives, the seed, the dataset's name, labels and split, and the dataset's 
 from __future__ import annotations
 
 import logging
-import time
 
-import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from lrkd.stages import base
+from lrkd.stages.base import StageRun, select_rows
 from lrkd.stages.teacher_common import load_pairs
-from lrkd.stages.work_dir import (clear_stage_record, is_up_to_date, read_stage_record, stage_dir,
-                                  stage_fingerprint, write_stage_record)
+from lrkd.utils import plain
 
 log = logging.getLogger(__name__)
 
@@ -26,35 +25,16 @@ HTTP_OPERATIONAL_KEYS = ("api_key_env", "concurrency", "timeout_s", "max_retries
                          "max_backoff_s")
 
 
-def select_rows(frame, splits: dict, names, max_pairs: int | None, seed: int) -> np.ndarray:
-    """Positions of the labelled pairs of the named splits, in row order; with ``max_pairs``, a seeded
-    random subset (the subset for a larger cap contains the one for a smaller cap)."""
-    names = list(names)
-    unknown = [s for s in names if s not in splits]
-    if unknown or not names:
-        raise ValueError(f"stage.splits: unknown or no split(s) {unknown or names}; choose from {sorted(splits)}")
-    rows = np.concatenate([np.asarray(splits[s], dtype=np.int64) for s in names])
-    rows = rows[frame["label"].to_numpy()[rows] >= 0]
-    if max_pairs is not None and len(rows) > int(max_pairs):
-        rows = rows[np.random.default_rng(seed).permutation(len(rows))[:int(max_pairs)]]
-    return np.sort(rows)
-
-
 def fingerprint_config(cfg: DictConfig) -> dict:
-    """The part of the config that decides the generations."""
-    stage = OmegaConf.to_container(cfg.stage, resolve=True)
-    stage.pop("work_dir", None)
-    stage.pop("device", None)
+    """The part of the config that decides the generations (:func:`lrkd.stages.base.fingerprint_config`
+    without trainer settings; of ``stage.http`` only what changes the samples)."""
+    stage = {k: v for k, v in plain(cfg.stage).items() if k not in base.OPERATIONAL_KEYS}
     if stage.get("backend") == "http":
         stage["http"] = {k: v for k, v in (stage.get("http") or {}).items() if k not in HTTP_OPERATIONAL_KEYS}
     else:
         stage.pop("http", None)
         stage.setdefault("two_step_labels", True)
-    teacher = OmegaConf.to_container(cfg.teacher, resolve=True)
-    teacher.pop("cache_dir", None)
-    data = {k: OmegaConf.to_container(cfg.data, resolve=True).get(k) for k in ("name", "labels", "split")}
-    return {"stage": stage, "teacher": teacher, "perspective": OmegaConf.to_container(cfg.perspective, resolve=True),
-            "seed": int(cfg.seed), "data": data}
+    return base.fingerprint_config(cfg, stage=stage, trainer=False)
 
 
 def flat_metrics(stats: dict) -> dict:
@@ -95,18 +75,15 @@ def run_teacher_generate(cfg: DictConfig) -> dict:
     from lrkd.teacher.generate import format_stats_table, generate_mpcot
     from lrkd.teacher.prompts import perspectives_from_config
 
-    started = time.time()
-    out = stage_dir(cfg, OUTPUT)
     perspectives = perspectives_from_config(cfg.perspective)
     dm = load_pairs(cfg)  # the labelled pairs, without any annotation artefact
-    fingerprint = stage_fingerprint(fingerprint_config(cfg), [dm.fingerprint])
-    if is_up_to_date(out, fingerprint):
-        record = read_stage_record(out)
-        log.info("teacher_generate: %s is up to date (fingerprint %s...): reusing it", out, fingerprint[:12])
-        return {**record["metrics"], "reused": True}
-
-    clear_stage_record(out)
-    rows = select_rows(dm.frame, dm.splits, cfg.stage.splits, cfg.stage.max_pairs, int(cfg.seed))
+    run = StageRun(cfg, STAGE, OUTPUT, fingerprint_config(cfg), [dm.fingerprint])
+    if (done := run.reused()) is not None:
+        return done
+    run.start()
+    out = run.out
+    rows = select_rows(dm.frame, dm.splits, list(cfg.stage.splits), cfg.stage.max_pairs, int(cfg.seed),
+                       labelled_only=True)
     backend, prompt_tokenizer, scorer = _backend(cfg, list(dm.label_set.names))
     log.info("teacher_generate: %d pairs x %d perspectives x n=%d with %s into %s", len(rows), len(perspectives),
              cfg.stage.n, type(backend).__name__, out)
@@ -122,7 +99,7 @@ def run_teacher_generate(cfg: DictConfig) -> dict:
     this_run = stats.pop("this_run")
     metrics = {**flat_metrics(stats), "pairs": int(len(rows)),
                "seconds_per_sample": this_run["seconds_per_sample"]}
-    write_stage_record(out, STAGE, fingerprint, time.time() - started, metrics)
+    run.record(metrics)
     table = format_stats_table(stats)
     log.info("MPCoT generation statistics (%s):\n%s", out, table)
     print(f"MPCoT generation ({len(rows)} pairs, n={cfg.stage.n}, {this_run['seconds_per_sample']} s/sample; "

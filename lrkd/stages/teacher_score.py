@@ -18,7 +18,9 @@ import time
 import numpy as np
 from omegaconf import DictConfig
 
-from lrkd.stages.teacher_common import load_pairs, plain, pool_rows
+from lrkd.stages.base import StageRun, select_rows, stage_folder
+from lrkd.stages.teacher_common import load_pairs
+from lrkd.utils import plain
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +33,9 @@ def reads_folder(cfg: DictConfig):
     """``stage.reads_dir``, or ``<work_dir>/reads``."""
     from pathlib import Path
 
-    from lrkd.stages.teacher_common import stage_folder_path
-
     if cfg.stage.get("reads_dir"):
         return Path(str(cfg.stage.reads_dir)).expanduser()
-    return stage_folder_path(cfg, READS_FOLDER)
+    return stage_folder(cfg, READS_FOLDER)
 
 
 def pca_projection(latents: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -63,11 +63,10 @@ def reading_settings(cfg: DictConfig, gguf: str) -> dict:
 
 def read_splits(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
     """Step 1: read every pair of ``stage.splits`` (in that order) not read yet."""
-    from lrkd.stages.teacher_common import stage_folder_path
     from lrkd.teacher.prompts import JUDGE_ANSWERS, JUDGE_PREFIX
     from lrkd.teacher.score_pool import JudgementReader, answer_token_ids, prompts_for_rows, score_pairs
 
-    rows = np.concatenate([pool_rows(dm.frame, dm.splits, [s], cfg.stage.get("max_pairs"), int(cfg.seed))
+    rows = np.concatenate([select_rows(dm.frame, dm.splits, [s], cfg.stage.get("max_pairs"), int(cfg.seed))
                            for s in plain(cfg.stage.splits)])
     prompts = prompts_for_rows(tokenizer, dm.frame, rows, cfg.stage.get("max_item_words"))
     prefix_ids, answer_ids = answer_token_ids(tokenizer, JUDGE_PREFIX, JUDGE_ANSWERS)
@@ -152,12 +151,12 @@ def run(cfg: DictConfig) -> dict:
 
 
 def teacher_metrics(probs: np.ndarray, frame, rows: np.ndarray, label_set, n_bins: int) -> dict:
-    """macro-F1, QWK, AUC, nDCG@10, accuracy (:class:`lrkd.metrics.RelevanceMetrics`) and ECE of
+    """macro-F1, QWK, AUC, nDCG@10, accuracy (:class:`lrkd.evaluation.metrics.RelevanceMetrics`) and ECE of
     soft labels ``probs`` [n, C] on the labelled dataset ``rows``."""
     import pandas as pd
     import torch
 
-    from lrkd.metrics import RelevanceMetrics
+    from lrkd.evaluation.metrics import RelevanceMetrics
     from lrkd.teacher.calibration import expected_calibration_error
 
     labels = frame["label"].to_numpy()[rows]
@@ -178,8 +177,6 @@ def finalize(cfg: DictConfig, dm, started: float, reading: dict) -> dict:
     from pathlib import Path
 
     from lrkd.artefact import ArtefactWriter
-    from lrkd.stages.teacher_common import stage_folder_path
-    from lrkd.stages.work_dir import stage_fingerprint, write_stage_record
     from lrkd.teacher.calibration import OrdinalCalibration, judgement_score, raw_grade_probs
     from lrkd.teacher.prompts import perspectives_from_config
     from lrkd.teacher.score_pool import iter_reads
@@ -242,13 +239,13 @@ def finalize(cfg: DictConfig, dm, started: float, reading: dict) -> dict:
         mean, components, explained = pca_projection(decision[at[pool]], int(latent_dim))
         decision = (decision - mean) @ components
         metrics["latent_pca"] = {"dim": int(components.shape[1]), "explained_variance": explained}
-    out = stage_folder_path(cfg, ARTEFACT_FOLDER)
-    fingerprint = stage_fingerprint({"calibration": metrics["calibration"], "pool": len(pool),
-                                     "latent_dim": latent_dim,
-                                     "teacher": str(cfg.teacher.name)}, [dm.fingerprint])
+    out = stage_folder(cfg, ARTEFACT_FOLDER)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    try:  # the stage is recorded in tmp, renamed onto out when finished
+        run = StageRun(cfg, STAGE, tmp, {"calibration": metrics["calibration"], "pool": len(pool),
+                                         "latent_dim": latent_dim, "teacher": str(cfg.teacher.name)}, [dm.fingerprint])
+        run.started, fingerprint = started, run.fingerprint
         writer = ArtefactWriter(tmp, teacher_id=f"{cfg.teacher.name} (llama.cpp, judgement reading, calibrated on val)",
                                 perspectives=[p.name for p in perspectives], label_names=list(label_set.names),
                                 vector_dim=int(decision.shape[-1]), dataset_fingerprint=dm.fingerprint,
@@ -268,7 +265,7 @@ def finalize(cfg: DictConfig, dm, started: float, reading: dict) -> dict:
         writer.finalize()
         metrics["artefact_pairs"] = int(len(pool))
         metrics["rationale_pairs"] = int(sum(keys[r] in texts for r in pool))
-        write_stage_record(tmp, STAGE, fingerprint, time.time() - started, metrics)
+        run.record(metrics)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -10,15 +10,12 @@ unchanged; a killed run resumes from ``sft/checkpoints/last.ckpt``.
 from __future__ import annotations
 
 import logging
-import time
 
-import lightning as L
 from omegaconf import DictConfig
 
 from lrkd.data.schema import DataError
-from lrkd.stages.teacher_common import (TrainLoader, evaluate_on_test, fingerprint_config, fit_save_and_record,
-                                        load_pairs, require_finished, resume_checkpoint, stage_folder)
-from lrkd.stages.work_dir import clear_stage_record, is_up_to_date, read_stage_record, stage_fingerprint
+from lrkd.stages.base import StageRun, fingerprint_config, require_finished
+from lrkd.stages.teacher_common import TrainLoader, evaluate_on_test, fit_save_and_record, load_pairs
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +35,13 @@ def run_teacher_sft(cfg: DictConfig) -> dict:
     from lrkd.teacher.module import TeacherSFTModule
     from lrkd.teacher.prompts import perspectives_from_config
 
-    started = time.time()
-    out = stage_folder(cfg, STAGE)
     gen_dir, gen_record = require_finished(cfg, "teacher_generate")
     dm = load_pairs(cfg)
-    fingerprint = stage_fingerprint(fingerprint_config(cfg), [gen_record["fingerprint"], dm.fingerprint])
-    if is_up_to_date(out, fingerprint):
-        log.info("teacher_sft: %s is up to date (fingerprint %s...): reusing it", out, fingerprint[:12])
-        return {**read_stage_record(out)["metrics"], "reused": True}
-
-    clear_stage_record(out)
-    ckpt = resume_checkpoint(out, fingerprint)
-    L.seed_everything(int(cfg.seed), workers=True)
+    run = StageRun(cfg, STAGE, STAGE, fingerprint_config(cfg), [gen_record["fingerprint"], dm.fingerprint])
+    if (done := run.reused()) is not None:
+        return done
+    ckpt = run.start(resume=True)
+    out = run.out
     perspectives = perspectives_from_config(cfg.perspective)
     grade_names = list(dm.label_set.names)
     module = TeacherSFTModule(teacher=cfg.teacher, optimizer=optimizer_config(cfg.stage))
@@ -78,9 +70,8 @@ def run_teacher_sft(cfg: DictConfig) -> dict:
                **evaluate_on_test(cfg, module.model, tokenizer, dm, perspectives, "zero_shot")}
     data = TrainLoader(CompletionDataset(view, keep), int(cfg.stage.batch_size),
                        CompletionCollator(tokenizer.pad_token_id), int(cfg.seed))
-    return fit_save_and_record(cfg, module, data, out, ckpt, stage=STAGE, fingerprint=fingerprint, started=started,
-                               metrics=metrics, tokenizer=tokenizer, dm=dm, perspectives=perspectives,
-                               eval_name="sft")
+    return fit_save_and_record(cfg, module, data, run, ckpt, metrics=metrics, tokenizer=tokenizer, dm=dm,
+                               perspectives=perspectives, eval_name="sft")
 
 
 run = run_teacher_sft

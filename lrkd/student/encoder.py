@@ -14,8 +14,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from lrkd.models import resolve_model_path
+from lrkd.utils import plain
 
 POOLING_MODES = ("mean", "cls", "match")  # "match": see match_features (needs token types)
 
@@ -60,9 +63,7 @@ def load_encoder(
             f"(a model_type plus sizes, random init); got name_or_path={name_or_path!r}, "
             f"config={'set' if config is not None else None}"
         )
-    from transformers import AutoConfig, AutoModel
-
-    vocab = _load_tokenizer(tokenizer, trust_remote_code) if tokenizer is not None else None
+    vocab = load_tokenizer(tokenizer, trust_remote_code) if tokenizer is not None else None
     if name_or_path is not None:
         path = resolve_model_path(name_or_path)
         model_config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -148,17 +149,13 @@ def _check_shapes(hidden: Tensor, attention_mask: Tensor) -> None:
         )
 
 
-def _load_tokenizer(name_or_path: str, trust_remote_code: bool):
-    from transformers import AutoTokenizer
-
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    """The tokenizer named by a hub id, a local path or a packaged model's hub id (lrkd.models)."""
     return AutoTokenizer.from_pretrained(resolve_model_path(name_or_path),
                                          trust_remote_code=trust_remote_code)
 
 
 def _config_from_dict(config: Mapping[str, Any], tokenizer) -> Any:
-    from transformers import AutoConfig
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
     values = _plain_dict(config)
     model_type = values.pop("model_type", None)
     if model_type is None:
@@ -178,13 +175,7 @@ def _config_from_dict(config: Mapping[str, Any], tokenizer) -> Any:
 
 
 def _plain_dict(config: Mapping[str, Any]) -> dict[str, Any]:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        DictConfig = ()
-    if isinstance(config, DictConfig):
-        return OmegaConf.to_container(config, resolve=True)
-    return dict(config)
+    return dict(plain(config))
 
 
 def _set_dropout(model_config, dropout: float) -> None:
@@ -211,4 +202,4 @@ def _drop_pooler(model: nn.Module) -> None:
         model.pooler = None
 
 
-__all__ = ["load_encoder", "pool", "match_features", "pooled_dim", "masked_mean", "count_parameters", "POOLING_MODES"]
+__all__ = ["load_encoder", "load_tokenizer", "pool", "match_features", "pooled_dim", "masked_mean", "count_parameters", "POOLING_MODES"]

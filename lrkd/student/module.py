@@ -1,4 +1,6 @@
-"""The student: a Hugging Face encoder, a latent reasoning extractor, and a classifier over [h; z_1..z_K].
+"""StudentModule: the LightningModule that trains the served student
+(:class:`lrkd.student.model.RelevanceStudent`: encoder, extractor, classifier) with a loss, metrics,
+an optimizer and a decision rule; training-only heads (the latent projection P_k) live here.
 
 Built from plain config dicts (so a checkpoint's hyper-parameters load with ``weights_only=True``):
 
@@ -23,41 +25,37 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MeanMetric
 
 from lrkd.data.batch import AUG_PREFIX, INPUT_KEYS
-from lrkd.data.schema import LabelSet
 from lrkd.decision import ArgmaxRule, rule_from_dict
-from lrkd.metrics import PredictionStore, RelevanceMetrics, decision_metrics
+from lrkd.evaluation.metrics import PredictionStore, RelevanceMetrics, decision_metrics
 from lrkd.optim import adamw
-from lrkd.student.encoder import count_parameters, load_encoder, match_features, pool, pooled_dim
+from lrkd.student.checkpoint import DECISION_CHECKPOINT_KEY, upgrade_state_dict
+from lrkd.student.encoder import count_parameters
+from lrkd.student.model import RelevanceStudent
+from lrkd.utils import plain
 
 log = logging.getLogger(__name__)
 
-DECISION_CHECKPOINT_KEY = "lrkd_decision"
+
+
+def _upgrade_legacy_keys(module, state_dict, prefix, *args) -> None:
+    upgrade_state_dict(state_dict, prefix)
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the message names the step and batch."""
 
 
-def _plain(cfg: Any) -> Any:
-    """DictConfig -> plain dict/list (hyper-parameters must be plain for weights_only loading)."""
-    if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return cfg
-
-
 class PerspectiveProjection(nn.Module):
     """P_k: one linear map per perspective from the extractor's z_k [Dz] to the teacher's latent
-    space [D]. Training-only (used by the ``latent`` loss term); not part of the exported student."""
+    space [D]. Training-only (used by the ``latent`` loss term); not part of the served student."""
 
     def __init__(self, num_perspectives: int, in_dim: int, out_dim: int):
         super().__init__()
@@ -72,44 +70,36 @@ class PerspectiveProjection(nn.Module):
 
 
 class StudentModule(L.LightningModule):
-    """Relevance student (see module docstring). ``forward(batch)`` returns the dict of
-    docs/ARCHITECTURE.md "Student outputs"; ``predict_logits(input_ids, attention_mask,
-    token_type_ids)`` is the inference path that export and serving use."""
+    """Trains a :class:`~lrkd.student.model.RelevanceStudent` (``self.student``, see the module
+    docstring). ``forward(batch)`` returns the dict of docs/ARCHITECTURE.md "Student outputs";
+    ``predict_logits`` is the student's."""
 
     def __init__(self, encoder: dict, extractor: dict, loss: dict, optimizer: dict, data_spec: dict,
                  decision: dict | None = None):
         super().__init__()
         encoder, extractor, loss, optimizer, data_spec, decision = map(
-            _plain, (encoder, extractor, loss, optimizer, data_spec, decision))
+            plain, (encoder, extractor, loss, optimizer, data_spec, decision))
         hparams = {"encoder": encoder, "extractor": extractor, "loss": loss, "optimizer": optimizer,
                    "data_spec": data_spec}
         if decision is not None:
             hparams["decision"] = decision
         self.save_hyperparameters(hparams)
-        self.label_set = LabelSet.from_config(data_spec["label_set"])
-        self.perspectives = tuple(data_spec["perspectives"])
-        self.pooling = encoder.get("pooling", "mean")
-
-        self.encoder = load_encoder(name_or_path=encoder.get("name_or_path"), config=encoder.get("config"),
-                                    tokenizer=encoder.get("tokenizer"), dropout=encoder.get("dropout"),
-                                    trust_remote_code=bool(encoder.get("trust_remote_code", False)))
-        if encoder.get("gradient_checkpointing"):  # recompute activations in backward: less memory
-            self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        hidden = int(self.encoder.config.hidden_size)
-        self.extractor = instantiate(extractor, hidden_size=hidden, num_perspectives=len(self.perspectives))
-        self.classifier = nn.Sequential(nn.Dropout(float(encoder.get("classifier_dropout", 0.1))),
-                                        nn.Linear(pooled_dim(hidden, self.pooling) + int(self.extractor.output_dim),
-                                                  self.label_set.num_classes))
+        self.student = RelevanceStudent(encoder, extractor, data_spec["label_set"], data_spec["perspectives"])
+        # checkpoints of the layout before the RelevanceStudent hold encoder.* / extractor.* / classifier.*
+        self.register_load_state_dict_pre_hook(_upgrade_legacy_keys)
+        self.label_set = self.student.label_set
+        self.perspectives = self.student.perspectives
         self.loss_fn = instantiate(loss)
         if hasattr(self.loss_fn, "set_class_counts"):  # class_weight: balanced terms resolve here
             self.loss_fn.set_class_counts(data_spec.get("train_class_counts"), self.label_set.num_classes)
 
         latent_dim = int(data_spec.get("latent_dim") or 0)
         wants_latent = "latent" in getattr(self.loss_fn, "active_terms", ())
+        z_width = int(self.student.extractor.output_dim)
         self.latent_projection = None
-        if wants_latent and latent_dim > 0 and self.extractor.output_dim > 0:
-            z_dim = self.extractor.output_dim // len(self.perspectives)
-            self.latent_projection = PerspectiveProjection(len(self.perspectives), z_dim, latent_dim)
+        if wants_latent and latent_dim > 0 and z_width > 0:
+            k = len(self.perspectives)
+            self.latent_projection = PerspectiveProjection(k, z_width // k, latent_dim)
 
         has_relevance = bool(data_spec.get("has_relevance", False))
         self.val_metrics = RelevanceMetrics(self.label_set, prefix="val/", has_relevance=has_relevance)
@@ -130,32 +120,16 @@ class StudentModule(L.LightningModule):
     # ----------------------------------------------------------------------------------- model
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per part; ``inference`` is what the served student holds (no training heads)."""
-        counts = {"encoder": count_parameters(self.encoder), "extractor": count_parameters(self.extractor),
-                  "classifier": count_parameters(self.classifier)}
-        counts["inference"] = sum(counts.values())
+        counts = self.student.parameter_counts()
         counts["latent_projection"] = count_parameters(self.latent_projection) if self.latent_projection else 0
         return counts
 
-    def _features(self, input_ids, attention_mask, token_type_ids=None):
-        """-> (pooled h [B,H] (or [B,2H+1] for pooling "match"), z [B,K,Dz] | None, logits [B,C])."""
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None and getattr(self.encoder.config, "type_vocab_size", 0) > 1:
-            kwargs["token_type_ids"] = token_type_ids
-        states = self.encoder(**kwargs).last_hidden_state
-        if self.pooling == "match":
-            h = match_features(states, attention_mask, token_type_ids)
-        else:
-            h = pool(states, attention_mask, self.pooling)
-        z = self.extractor(states, attention_mask)
-        features = h if z is None else torch.cat([h, z.flatten(1)], dim=-1)
-        return h, z, self.classifier(features)
-
     def predict_logits(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
-        """Inference path: class logits [B, C] of the standard view."""
-        return self._features(input_ids, attention_mask, token_type_ids)[2]
+        """Inference path: class logits [B, C] of the standard view (the student's)."""
+        return self.student.predict_logits(input_ids, attention_mask, token_type_ids)
 
     def forward(self, batch: dict, with_augmented_view: bool = False) -> dict:
-        h, z, logits = self._features(*(batch.get(k) for k in INPUT_KEYS))
+        h, z, logits = self.student.features(*(batch.get(k) for k in INPUT_KEYS))
         out = {"logits": logits, "pooled": h}
         if z is not None:
             out["latents"] = z
@@ -175,14 +149,14 @@ class StudentModule(L.LightningModule):
         inputs = [batch.get(AUG_PREFIX + k) for k in INPUT_KEYS]
         annotated = batch.get("annotated")
         if annotated is None or bool(annotated.all()):
-            aug_h, _, aug_logits = self._features(*inputs)
+            aug_h, _, aug_logits = self.student.features(*inputs)
             return aug_h, aug_logits
         rows = annotated.to(torch.bool).nonzero(as_tuple=True)[0]
         aug_h, aug_logits = h.new_zeros(h.shape), logits.new_zeros(logits.shape)
         if rows.numel() == 0:
             return aug_h, aug_logits
         width = int(inputs[1][rows].sum(dim=1).max())  # attention masks are right-padded
-        sub_h, _, sub_logits = self._features(*(None if t is None else t[rows, :width] for t in inputs))
+        sub_h, _, sub_logits = self.student.features(*(None if t is None else t[rows, :width] for t in inputs))
         return aug_h.index_put((rows,), sub_h), aug_logits.index_put((rows,), sub_logits)
 
     # -------------------------------------------------------------------------------- training
@@ -305,7 +279,7 @@ class StudentModule(L.LightningModule):
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            part = "encoder" if name.startswith("encoder.") else "head"
+            part = "encoder" if name.startswith("student.encoder.") else "head"
             no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
             groups.setdefault((part, no_decay), []).append(p)
         param_groups = [{"params": ps, "lr": lr if part == "encoder" else head_lr,

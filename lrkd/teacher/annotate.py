@@ -36,8 +36,8 @@ from tqdm.auto import tqdm
 
 from lrkd.artefact import ArtefactWriter
 from lrkd.data.schema import UNLABELLED, LabelSet, text_fields
-from lrkd.data.tokenize import item_text
-from lrkd.metrics import RelevanceMetrics
+from lrkd.data.encode import item_text
+from lrkd.evaluation.metrics import RelevanceMetrics
 from lrkd.teacher.examples import encode_completions, encode_prompts, left_pad
 from lrkd.teacher.parse import parse_multi
 from lrkd.teacher.prompts import LABEL_PREFIX, Perspective, format_multi_completion, one_line, render_multi_prompt
@@ -402,7 +402,7 @@ def evaluate_teacher(model, tokenizer, frame: pd.DataFrame, rows: Sequence[int],
     """The teacher as a classifier on labelled rows: generate, then the argmax of the soft label at
     the (teacher-forced) label position (calibrated with ``calibrate``, as the annotation's).
     Returns {macro_f1, qwk, ndcg@10, auc, accuracy, parse_rate, pairs}
-    (:class:`lrkd.metrics.RelevanceMetrics`; unlabelled rows are skipped)."""
+    (:class:`lrkd.evaluation.metrics.RelevanceMetrics`; unlabelled rows are skipped)."""
     rows = np.asarray([r for r in rows if int(frame["label"].iloc[int(r)]) != UNLABELLED], dtype=np.int64)
     metrics = RelevanceMetrics(LabelSet(tuple(grade_names)), prefix="")
     grade_ids = grade_token_ids(tokenizer, grade_names)

@@ -32,7 +32,8 @@ import torch
 from torch.utils.data import Dataset
 
 from lrkd.data.schema import UNLABELLED, DataError, text_fields
-from lrkd.data.tokenize import TokenizedView, cache_key, cache_path, item_text
+from lrkd.data.encode import item_text
+from lrkd.data.tokenize import TokenizedView, cache_key, cache_path
 from lrkd.teacher.prompts import (Perspective, clip_words, format_multi_completion, prompt_add_special_tokens,
                                   render_multi_prompt)
 

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from lrkd.data.schema import DataError, text_fields
-from lrkd.data.tokenize import item_text
+from lrkd.data.encode import item_text
 from lrkd.teacher.backends import GenerationBackend, derive_seed
 from lrkd.teacher.parse import parse_single
 from lrkd.teacher.prompts import Perspective, clip_words, render_perspective_prompt

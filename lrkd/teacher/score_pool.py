@@ -226,7 +226,7 @@ def remove_foreign_parts(reads_dir: str | os.PathLike, extra: Mapping) -> None:
 
 
 def completed_keys(reads_dir: str | os.PathLike) -> set[tuple[str, str]]:
-    from lrkd.artefact_ranks import artefact_keys
+    from lrkd.artefact.ranks import artefact_keys
 
     keys: set[tuple[str, str]] = set()
     for part in part_dirs(reads_dir):
@@ -284,15 +284,15 @@ class Reads:
 
 def iter_reads(reads_dir: str | os.PathLike) -> Reads | None:
     """All parts' shards of ``reads_dir`` in one :class:`Reads` (None when there is none)."""
-    from lrkd.artefact_ranks import iter_shards
+    from lrkd.artefact import iter_shards
 
     keys, soft, latents, rationales = [], [], [], {}
     for part in part_dirs(reads_dir):
-        for qids, iids, rat, s, z in iter_shards(part):
-            keys += list(zip(qids, iids))
-            soft.append(s)
-            latents.append(z)
-            for p, texts in rat.items():
+        for shard in iter_shards(part):
+            keys += list(zip(shard.query_ids.tolist(), shard.item_ids.tolist()))
+            soft.append(shard.soft_labels)
+            latents.append(shard.latents)
+            for p, texts in shard.rationales.items():
                 rationales.setdefault(p, []).extend(texts)
     if not keys:
         return None
@@ -304,7 +304,7 @@ def prompts_for_rows(tokenizer, frame, rows: Sequence[int], max_item_words: int 
     """:class:`PairPrompt` of each dataset row: the judgement prompt, or with ``perspectives`` the
     multi-perspective annotation prompt (product cut to ``max_item_words``)."""
     from lrkd.data.schema import text_fields
-    from lrkd.data.tokenize import item_text
+    from lrkd.data.encode import item_text
     from lrkd.teacher.prompts import render_judge_prompt, render_multi_prompt
 
     fields = text_fields(frame)

@@ -10,7 +10,7 @@ from lrkd.data.pool import build_pool, load_catalogue, pool_options, top_k
 from lrkd.data.schema import UNLABELLED, LabelSet, dataset_fingerprint
 from lrkd.data.sources import ChorusIcecatSource
 from lrkd.data.splits import split_by_query
-from lrkd.data.tokenize import item_text
+from lrkd.data.encode import item_text
 
 ROOT = Path(__file__).resolve().parents[2]
 CHORUS = ROOT / "datasets" / "chorus_icecat"

@@ -31,7 +31,7 @@ def tiny_student(extractor: str = "mlp", seed: int = 0, logit_scale: float = 5.0
                            optimizer=OmegaConf.load(CONF / "train.yaml").optimizer, data_spec=spec,
                            decision=decision)
     with torch.no_grad():
-        module.classifier[-1].weight.mul_(logit_scale)
+        module.student.classifier[-1].weight.mul_(logit_scale)
     return module.eval()
 
 

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from lrkd.decision import ThresholdRule
-from lrkd.serve.predict import load_student
+from lrkd.serve.scorers import load_student
 from lrkd.student.module import DECISION_CHECKPOINT_KEY
 from tests.serve import LABELS, load_minilm_tokenizer, reference_probs, tiny_student
 from tests.serve.test_predict import CSV_GOOD, CSV_TEXT
@@ -61,7 +61,7 @@ def test_the_rule_is_fitted_on_val_saved_in_the_checkpoint_and_used_unchanged_at
     assert saved["kind"] == "thresholds" and len(saved["thresholds"]) == 2
     assert module.decision_rule().to_dict() == saved  # test restored the best epoch's rule and did not refit
     # the logged test/tuned metrics are those of the saved rule on the test rows
-    from lrkd.metrics import decision_metrics
+    from lrkd.evaluation.metrics import decision_metrics
     rows = [_batch(4), _batch(5)]
     with torch.no_grad():
         probs = torch.cat([module.eval().predict_logits(b["input_ids"], b["attention_mask"], b["token_type_ids"])
@@ -71,7 +71,7 @@ def test_the_rule_is_fitted_on_val_saved_in_the_checkpoint_and_used_unchanged_at
     expected = decision_metrics(preds, labels, module.label_set, "test/tuned/")
     assert test["test/tuned/qwk"] == pytest.approx(float(expected["test/tuned/qwk"]), abs=1e-6)
     loaded, config = load_student(ckpt)
-    assert loaded.decision_rule().to_dict() == saved and config.decision == saved
+    assert config.decision == saved and config.decision_rule().to_dict() == saved  # the served model decides by it
 
 
 def test_argmax_default_keeps_no_rule_and_logs_no_tuned_metrics(tmp_path):
@@ -86,8 +86,7 @@ def test_argmax_default_keeps_no_rule_and_logs_no_tuned_metrics(tmp_path):
 
 
 def test_predict_onnx_and_save_pretrained_give_the_grades_of_the_saved_rule(tuned, tmp_path):
-    from lrkd.export import main as export_main
-    from lrkd.predict import main as predict_main
+    from lrkd.cli import export as export_main, predict as predict_main
 
     module, ckpt, _, _ = tuned
     tokenizer = load_minilm_tokenizer()

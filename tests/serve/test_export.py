@@ -8,9 +8,9 @@ import onnx
 import pytest
 import torch
 
-from lrkd.serve.export import (OnnxScorer, ServingStudent, export_onnx, int8_path, quantize_int8,
-                               read_sidecar, sidecar_path)
-from lrkd.serve.predict import ServingConfig
+from lrkd.serve.config import ServingConfig, read_sidecar, sidecar_path
+from lrkd.serve.export import ServingStudent, export_onnx, int8_path, quantize_int8
+from lrkd.serve.scorers import OnnxScorer
 from tests.serve import LABELS, MINILM, fit_and_save, tiny_student
 
 
@@ -96,7 +96,7 @@ def test_int8_runs_and_gives_a_distribution(tmp_path):
 
 
 def test_export_cli_writes_fp32_int8_and_sidecars(tmp_path):
-    from lrkd.export import main
+    from lrkd.cli import export as main
 
     ckpt = fit_and_save(tiny_student("poly", seed=5), tmp_path / "student.ckpt")
     out = tmp_path / "out" / "student.onnx"

@@ -9,7 +9,8 @@ import torch
 
 from lrkd.serve.hf import (HEAD_CONFIG, HEAD_WEIGHTS, load_serving_config, load_student_pretrained,
                            save_student_pretrained)
-from lrkd.serve.predict import DEFAULT_MAX_LENGTH, ServingConfig, load_scorer
+from lrkd.serve.config import DEFAULT_MAX_LENGTH, ServingConfig
+from lrkd.serve.scorers import load_scorer
 from tests.serve import LABELS, MINILM, fit_and_save, tiny_student
 
 
@@ -37,11 +38,11 @@ def test_save_and_load_pretrained_round_trip_gives_identical_logits(tmp_path, ex
     with torch.no_grad():
         expected, got = module.predict_logits(ids, mask, types), loaded.predict_logits(ids, mask, types)
     assert torch.equal(expected, got)
-    assert type(loaded.extractor) is type(module.extractor)
+    assert type(loaded.extractor) is type(module.student.extractor)
     assert loaded.parameter_counts()["inference"] == module.parameter_counts()["inference"]
 
     config = json.loads((out / HEAD_CONFIG).read_text())
-    assert config["extractor"]["_target_"].endswith(type(module.extractor).__name__)
+    assert config["extractor"]["_target_"].endswith(type(module.student.extractor).__name__)
     assert config["label_set"]["names"] == LABELS["names"] and config["pooling"] == "mean"
     serving = load_serving_config(out)
     assert serving.tokenizer == str(out) and serving.max_length == 96 and serving.text_fields == ("brand",)
@@ -58,7 +59,7 @@ def test_other_tools_load_the_encoder_and_tokenizer_with_transformers_alone(tmp_
     enc = tokenizer("usb charger", "Anker 20W charger", return_tensors="pt")
     with torch.no_grad():
         a = encoder(**enc).last_hidden_state
-        b = module.encoder(**enc).last_hidden_state
+        b = module.student.encoder(**enc).last_hidden_state
     torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
@@ -74,7 +75,8 @@ def test_a_lightning_checkpoint_loads_with_weights_only(tmp_path):
     with torch.no_grad():
         assert torch.equal(module.predict_logits(ids, mask, types), loaded.predict_logits(ids, mask, types))
     # the step really changed the weights that were saved (the comparison is not with the init)
-    assert not torch.equal(raw["state_dict"]["classifier.1.weight"], tiny_student("gat", seed=23).classifier[1].weight)
+    assert not torch.equal(raw["state_dict"]["student.classifier.1.weight"],
+                           tiny_student("gat", seed=23).student.classifier[1].weight)
 
     # serving reads it the same way: eager scorer from the checkpoint, and from its save_pretrained copy
     scorer, config = load_scorer(checkpoint=ckpt)

@@ -9,7 +9,10 @@ import pandas as pd
 import pytest
 
 from lrkd.data.schema import DataError
-from lrkd.serve.predict import PairFile, ServingConfig, TorchScorer, predict_file
+from lrkd.data.io import PairFile
+from lrkd.serve.config import ServingConfig
+from lrkd.serve.predict import predict_file
+from lrkd.serve.scorers import TorchScorer
 from tests.serve import LABELS, fit_and_save, load_minilm_tokenizer, reference_probs, tiny_student
 
 GRADES = LABELS["names"]
@@ -59,7 +62,7 @@ def _check_scores(row, probs: np.ndarray) -> None:
 
 
 def test_csv_good_rows_match_the_module_and_malformed_rows_keep_their_lines(student, tokenizer, tmp_path, capsys):
-    from lrkd.predict import main
+    from lrkd.cli import predict as main
 
     module, ckpt = student
     src = tmp_path / "pairs.csv"
@@ -129,7 +132,7 @@ def test_jsonl_with_a_column_mapping_written_as_parquet(student, tokenizer, tmp_
 
 def test_parquet_scored_by_the_onnx_export_alone(student, tokenizer, tmp_path):
     """ONNX path: the sidecar is the whole serving config; Parquet column types pass through."""
-    from lrkd.predict import main
+    from lrkd.cli import predict as main
     from lrkd.serve.export import export_onnx
 
     module, _ = student
@@ -149,7 +152,7 @@ def test_parquet_scored_by_the_onnx_export_alone(student, tokenizer, tmp_path):
 
 
 def test_strict_stops_at_the_first_malformed_row_and_leaves_no_file(student, tmp_path, capsys):
-    from lrkd.predict import main
+    from lrkd.cli import predict as main
 
     _, ckpt = student
     src, out = tmp_path / "pairs.csv", tmp_path / "scored.csv"

@@ -43,7 +43,7 @@ def test_augmented_view_is_encoded_for_annotated_rows_only_with_the_same_crsd_lo
     partial = _batch([True, False, True, False, True, True])
     full = dict(partial, annotated=torch.ones(6, dtype=torch.bool))
     hook_shapes = []
-    model.encoder.register_forward_pre_hook(lambda m, args, kwargs: hook_shapes.append(tuple(kwargs["input_ids"].shape)),
+    model.student.encoder.register_forward_pre_hook(lambda m, args, kwargs: hook_shapes.append(tuple(kwargs["input_ids"].shape)),
                                             with_kwargs=True)
     with torch.no_grad():
         out_partial = model(partial, with_augmented_view=True)
@@ -64,7 +64,7 @@ def test_no_annotated_row_skips_the_second_encoder_pass():
     model = _module()
     batch = _batch([False, False, False])
     shapes = []
-    model.encoder.register_forward_pre_hook(lambda m, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)),
+    model.student.encoder.register_forward_pre_hook(lambda m, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)),
                                             with_kwargs=True)
     with torch.no_grad():
         out = model(batch, with_augmented_view=True)

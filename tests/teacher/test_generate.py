@@ -11,7 +11,7 @@ import torch
 
 from lrkd.stages import get_stage
 from lrkd.stages.teacher_generate import fingerprint_config
-from lrkd.stages.work_dir import read_stage_record, stage_dir, stage_fingerprint
+from lrkd.stages.base import read_stage_record, select_rows, stage_folder, stage_fingerprint
 from lrkd.teacher.generate import ROW_COLUMNS, generate_mpcot, read_generations
 from lrkd.teacher.prompts import render_perspective_prompt
 from lrkd.data.schema import DataError
@@ -198,7 +198,7 @@ def test_stage_generates_then_reuses_with_a_fourth_perspective(make_cfg, tmp_pat
                    f"hydra.searchpath=[file://{tmp_path / 'extra_conf'}]",
                    "perspective=[user_intent,structured_analysis,business_rules,price_check]")
     metrics = get_stage(cfg.stage)(cfg)
-    out = stage_dir(cfg, "generations")
+    out = stage_folder(cfg, "generations")
     assert out == tmp_path / "work" / "generations"
     df = read_generations(out)
     assert len(df) == 6 * 4 * 2 and metrics["reused"] is False and metrics["pairs"] == 6
@@ -243,17 +243,15 @@ def test_stage_generates_then_reuses_with_a_fourth_perspective(make_cfg, tmp_pat
 
 
 def test_select_rows_is_seeded_and_nested():
-    from lrkd.stages.teacher_generate import select_rows
-
     frame = schema_frame([f"q{i}" for i in range(10)], [0, 1, -1, 2, 3, 0, 1, -1, 2, 3])
     splits = {"train": np.array([0, 1, 2, 3, 4, 5]), "val": np.array([6, 7]), "test": np.array([8, 9])}
-    assert select_rows(frame, splits, ["train"], None, 0).tolist() == [0, 1, 3, 4, 5]
-    assert select_rows(frame, splits, ["train", "val"], None, 0).tolist() == [0, 1, 3, 4, 5, 6]
-    three = select_rows(frame, splits, ["train", "val"], 3, 0)
-    assert len(three) == 3 and set(three) <= set(select_rows(frame, splits, ["train", "val"], 4, 0))
-    assert three.tolist() == select_rows(frame, splits, ["train", "val"], 3, 0).tolist()
+    assert select_rows(frame, splits, ["train"], None, 0, labelled_only=True).tolist() == [0, 1, 3, 4, 5]
+    assert select_rows(frame, splits, ["train", "val"], None, 0, labelled_only=True).tolist() == [0, 1, 3, 4, 5, 6]
+    three = select_rows(frame, splits, ["train", "val"], 3, 0, labelled_only=True)
+    assert len(three) == 3 and set(three) <= set(select_rows(frame, splits, ["train", "val"], 4, 0, labelled_only=True))
+    assert three.tolist() == select_rows(frame, splits, ["train", "val"], 3, 0, labelled_only=True).tolist()
     with pytest.raises(ValueError, match="unknown"):
-        select_rows(frame, splits, ["dev"], None, 0)
+        select_rows(frame, splits, ["dev"], None, 0, labelled_only=True)
 
 
 # ------------------------------------------------------------------------------------------- slow

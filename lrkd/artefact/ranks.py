@@ -1,7 +1,7 @@
 """Writing one annotation artefact from several ranks (``stage=teacher_annotate`` under DDP).
 
 Rank r annotates ``rows[r::W]`` (:meth:`lrkd.distributed.Ranks.shard`) into its own part, an
-ordinary resumable artefact (:class:`lrkd.artefact.ArtefactWriter`) at
+ordinary resumable artefact (:class:`lrkd.artefact.writer.ArtefactWriter`) at
 ``<artefact>.ranks/rank-<r>/``, so no two processes ever write one manifest. When every rank has
 finished, rank 0 copies the parts' rows into the artefact itself, shard by shard, through its
 writer, finalizes it and removes the parts. The result holds the same rows as a single process's
@@ -19,14 +19,13 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
-import pyarrow.compute as pc
-from safetensors.numpy import load_file
 
-from lrkd.artefact import (LATENTS_KEY, MANIFEST_NAME, ArtefactManifest, ArtefactWriter, _read_shard_table,
-                           rationale_column, read_manifest)
+from lrkd.artefact.manifest import MANIFEST_NAME, ArtefactManifest, read_manifest
+from lrkd.artefact.reader import iter_shards, read_shard_keys
+from lrkd.artefact.writer import ArtefactWriter
 from lrkd.distributed import Ranks
 
 log = logging.getLogger(__name__)
@@ -48,23 +47,8 @@ def artefact_keys(root: str | os.PathLike) -> set[tuple[str, str]]:
         return set()
     keys: set[tuple[str, str]] = set()
     for name in read_manifest(root).shards:
-        table = _read_shard_table(root, name, columns=["query_id", "item_id"])
-        keys.update(zip(table.column("query_id").to_pylist(), table.column("item_id").to_pylist()))
+        keys.update(read_shard_keys(root, name))
     return keys
-
-
-def iter_shards(root: Path) -> Iterator[tuple[list[str], list[str], dict[str, list[str]], np.ndarray, np.ndarray]]:
-    """(query_ids, item_ids, rationales by perspective, soft labels [n, C], latents [n, K, D]) of
-    each finished shard of the artefact at ``root``, in shard order."""
-    m = read_manifest(root)
-    for name in m.shards:
-        table = _read_shard_table(root, name)
-        n = table.num_rows
-        soft = pc.list_flatten(table.column("soft_label").combine_chunks())
-        yield (table.column("query_id").to_pylist(), table.column("item_id").to_pylist(),
-               {p: table.column(rationale_column(p)).to_pylist() for p in m.perspectives},
-               soft.to_numpy(zero_copy_only=False).astype(np.float32).reshape(n, m.num_classes),
-               load_file(str(root / f"{name}.safetensors"))[LATENTS_KEY].astype(np.float32))
 
 
 def _same_record(manifest: ArtefactManifest, extra: Mapping | None) -> bool:
@@ -131,14 +115,15 @@ class RankedArtefactWriter:
         main = self.main
         next_id = max(main.completed_shards(), default=-1) + 1
         for part in sorted(self.parts.glob("rank-*")):
-            for qids, iids, rationales, soft, latents in iter_shards(part):
+            for shard in iter_shards(part):
                 have = main.completed_keys()
-                keep = np.array([(q, i) not in have for q, i in zip(qids, iids)], dtype=bool)
+                keep = np.array([(q, i) not in have for q, i in zip(shard.query_ids, shard.item_ids)], dtype=bool)
                 if not keep.any():
                     continue
                 idx = np.flatnonzero(keep)
-                main.write_shard(next_id, [qids[j] for j in idx], [iids[j] for j in idx],
-                                 {p: [t[j] for j in idx] for p, t in rationales.items()}, soft[idx], latents[idx])
+                main.write_shard(next_id, [shard.query_ids[j] for j in idx], [shard.item_ids[j] for j in idx],
+                                 {p: [t[j] for j in idx] for p, t in shard.rationales.items()},
+                                 shard.soft_labels[idx], shard.latents[idx])
                 next_id += 1
         manifest = main.finalize()
         shutil.rmtree(self.parts, ignore_errors=True)
