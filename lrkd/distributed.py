@@ -129,10 +129,10 @@ def ranks_ran_elsewhere(trainer) -> bool:
     """True when ``trainer``'s fit/test ran in processes it spawned (``ddp_spawn``/``ddp_fork``):
     the calling process then holds only what Lightning hands back (the last weights,
     ``callback_metrics``, the best checkpoint's path)."""
-    from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+    from lrkd.compat import MultiProcessingLauncher
 
     launcher = getattr(trainer.strategy, "launcher", None)
-    return isinstance(launcher, _MultiProcessingLauncher) and trainer.world_size > 1
+    return isinstance(launcher, MultiProcessingLauncher) and trainer.world_size > 1
 
 
 def best_model_score(checkpoint_callback) -> float | None:

@@ -150,7 +150,8 @@ def test_resume_after_kill_matches_uninterrupted_run(make_cfg, tmp_path):
 
 
 def test_nan_loss_stops_with_step_and_batch(make_cfg, monkeypatch):
-    from lrkd.student.module import NonFiniteLossError, StudentModule
+    from lrkd.losses import NonFiniteLossError
+    from lrkd.student.module import StudentModule
 
     cfg = make_cfg("trainer.max_steps=5", "trainer.limit_val_batches=0", "data.batch_size=8",
                    "callbacks.progress_bar=null")

@@ -104,7 +104,7 @@ def embed_texts(texts: Sequence[str], model, tokenizer, device: str = "cpu", bat
     """Unit-length mean-pooled embeddings [N, H] float32, batches of similar lengths."""
     import torch
 
-    from lrkd.student.encoder import masked_mean
+    from lrkd.models import masked_mean
 
     texts = [str(t) for t in texts]
     lengths = [len(t) for t in texts]
@@ -126,8 +126,7 @@ def minilm_scores(queries: Sequence[str], items: Sequence[str], device: str = "c
     """Cosine similarity of MiniLM embeddings, rounded to 1e-5: (i, [<= block, N] float32)."""
     from transformers import AutoTokenizer
 
-    from lrkd.models import resolve_model_path
-    from lrkd.student.encoder import load_encoder
+    from lrkd.models import load_encoder, resolve_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(MINILM))
     model = load_encoder(MINILM).to(device)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DistributedSampler, Sampler
 
+from lrkd.compat import UnrepeatedDistributedSampler, batches_done_this_epoch, uses_distributed_sampler
+
 
 class _ResumesMidEpoch:
     """Mid-epoch resume shared by both samplers: iterate an epoch's ``order`` from the first index
@@ -85,23 +87,6 @@ class DistributedEpochSeededSampler(_ResumesMidEpoch, DistributedSampler):
         yield from self._resume(list(super().__iter__()))
 
 
-def batches_done_this_epoch(trainer) -> int:
-    """Training batches already completed in the current epoch when Lightning resumes mid-epoch
-    from a checkpoint (0 otherwise). Read from the trainer's restored loop progress, so it is exact
-    even though Lightning's fetcher pre-fetches a batch ahead of training."""
-    if trainer is None:
-        return 0
-    try:
-        loop = trainer.fit_loop
-        if not loop.restarting:
-            return 0
-        # `processed`: batches whose training step ran (a checkpoint written in on_train_batch_end
-        # already holds their update; `completed` is only incremented after that hook)
-        return int(loop.epoch_loop.batch_progress.current.processed)
-    except (AttributeError, RuntimeError):
-        return 0
-
-
 class ResumableDataLoader(torch.utils.data.DataLoader):
     """A DataLoader that Lightning treats as resumable (it has ``state_dict``/``load_state_dict``).
 
@@ -147,7 +132,7 @@ def _distributed_world(trainer) -> tuple[int, int] | None:
         return None
     try:
         world = int(trainer.world_size)
-        if world <= 1 or not trainer._accelerator_connector.use_distributed_sampler:
+        if world <= 1 or not uses_distributed_sampler(trainer):
             return None
         kwargs = trainer.distributed_sampler_kwargs or {}
         return int(kwargs.get("rank", trainer.global_rank)), int(kwargs.get("num_replicas", world))
@@ -164,6 +149,4 @@ def eval_sampler(dataset, trainer):
     world = _distributed_world(trainer)
     if world is None:
         return None
-    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-
     return UnrepeatedDistributedSampler(dataset, num_replicas=world[1], rank=world[0], shuffle=False)

@@ -16,7 +16,6 @@ Class index ``i`` of every model output means grade ``LabelSet.names[i]``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 

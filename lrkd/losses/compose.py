@@ -14,6 +14,11 @@ import torch
 from torch import Tensor, nn
 
 
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the message names the step and batch (raised by
+    the student and teacher training modules)."""
+
+
 class LossInputError(LookupError):
     """A loss term cannot find an input it needs (a batch key or a student output)."""
 

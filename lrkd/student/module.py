@@ -35,6 +35,7 @@ from torchmetrics import MeanMetric
 from lrkd.data.batch import AUG_PREFIX, INPUT_KEYS
 from lrkd.decision import ArgmaxRule, rule_from_dict
 from lrkd.evaluation.metrics import PredictionStore, RelevanceMetrics, decision_metrics
+from lrkd.losses import NonFiniteLossError
 from lrkd.optim import adamw
 from lrkd.student.checkpoint import DECISION_CHECKPOINT_KEY, upgrade_state_dict
 from lrkd.student.encoder import count_parameters
@@ -47,10 +48,6 @@ log = logging.getLogger(__name__)
 
 def _upgrade_legacy_keys(module, state_dict, prefix, *args) -> None:
     upgrade_state_dict(state_dict, prefix)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the message names the step and batch."""
 
 
 class PerspectiveProjection(nn.Module):

@@ -108,8 +108,7 @@ class SentenceEmbedder:
     def __init__(self, name_or_path: str = DEFAULT_SENTENCE_ENCODER, max_length: int = 256, batch_size: int = 64):
         from transformers import AutoTokenizer
 
-        from lrkd.models import resolve_model_path
-        from lrkd.student.encoder import load_encoder
+        from lrkd.models import load_encoder, resolve_model_path
 
         self.model = load_encoder(name_or_path=name_or_path).eval()
         self.model.requires_grad_(False)
@@ -123,7 +122,7 @@ class SentenceEmbedder:
 
     @torch.no_grad()
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        from lrkd.student.encoder import pool
+        from lrkd.models import pool
 
         out = []
         device = next(self.model.parameters()).device

@@ -35,9 +35,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from lrkd.losses import NonFiniteLossError
 from lrkd.losses.dpo import dpo_loss, reward_statistics
 from lrkd.losses.lm import completion_logprobs, completion_nll
-from lrkd.student.module import NonFiniteLossError
 from lrkd.teacher.examples import PreferenceCollator, PreferenceDataset
 from lrkd.optim import adamw
 from lrkd.teacher.model import apply_lora, load_teacher, save_pretrained_atomically
