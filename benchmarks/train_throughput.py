@@ -104,7 +104,7 @@ def build(cfg):
     dm.setup("fit")
     data_spec = {**dm.spec.to_dict(), "max_length": int(cfg.data.max_length),
                  "text_fields": list(dm.frame.attrs.get("text_fields", []))}
-    model = StudentModule(encoder=cfg.student, extractor=cfg.extractor, loss=cfg.loss, optimizer=cfg.optimizer,
+    model = StudentModule(encoder=cfg.student, extractor=cfg.extractor, loss=cfg.loss, optimizer=cfg.optimizer, scheduler=cfg.scheduler,
                           data_spec=data_spec)
     return dm, model, loss
 

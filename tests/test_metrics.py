@@ -164,3 +164,14 @@ def test_no_labelled_row_gives_nan_ranking_metrics():
     m.update(one_hot([0, 1]), torch.tensor([-1, -1]), torch.tensor([0, 1]))
     out = m.compute()
     assert math.isnan(out["val/ndcg@10"].item()) and math.isnan(out["val/auc"].item())
+
+
+def test_auc_is_nan_when_only_one_side_is_present():
+    """0.0 would read as the worst model: one class only leaves AUC undefined (scikit-learn raises)."""
+    ls = LabelSet(names=("exact", "partial", "irrelevant"))
+    m = RelevanceMetrics(ls, prefix="")
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3]])
+    m.update(probs, torch.tensor([1, 2, 2]), torch.tensor([0, 0, 1]))  # no row is relevant (grade 0)
+    assert torch.isnan(m.compute()["auc"])
+    m.update(torch.tensor([[0.9, 0.05, 0.05]]), torch.tensor([0]), torch.tensor([1]))
+    assert not torch.isnan(m.compute()["auc"])

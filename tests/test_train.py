@@ -13,7 +13,8 @@ from omegaconf import open_dict
 from lrkd.stages.student import run_student
 
 ROOT = Path(__file__).resolve().parents[1]
-GROUPS = ["data", "student", "extractor", "loss", "trainer", "logger", "callbacks", "experiment"]
+GROUPS = ["data", "student", "extractor", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks",
+          "experiment"]
 
 
 def options(group: str) -> list[str]:
@@ -47,6 +48,11 @@ def test_each_option_composes_and_instantiates(make_cfg, tmp_path, group, option
     elif group == "loss":
         loss = instantiate(cfg.loss)
         assert "ce" in loss.active_terms
+    elif group in ("optimizer", "scheduler"):
+        params = [torch.nn.Parameter(torch.zeros(2, 2))]
+        opt = instantiate({k: v for k, v in cfg.optimizer.items() if k != "head_lr"})(params)
+        assert isinstance(opt, torch.optim.Optimizer)
+        assert isinstance(instantiate(cfg.scheduler)(opt, total_steps=10), torch.optim.lr_scheduler.LRScheduler)
     elif group == "trainer":
         if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
             pytest.skip("no GPU (the scale-out configs are checked in tests/test_scale_out.py)")
@@ -90,6 +96,30 @@ def test_fast_dev_run_each_loss_preset(make_cfg, tmp_path, preset):
     assert (tmp_path / "run" / "metrics.json").exists()
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(metrics) >= {"test/macro_f1", "test/qwk", "test/ndcg@10", "test/auc", "params/inference"}
+    _every_term_trains(cfg)
+
+
+def _every_term_trains(cfg) -> None:
+    """Each active term of the preset, on a real training batch, is a positive finite loss whose
+    gradient reaches the student (a term that returned 0, or a constant, would fail here)."""
+    from lrkd.student.module import StudentModule
+
+    loss = instantiate(cfg.loss)
+    dm = instantiate(cfg.data, seed=cfg.seed, with_augmented_view=bool(loss.needs_augmented_view), _recursive_=False)
+    dm.setup("fit")
+    spec = {**dm.spec.to_dict(), "train_class_counts": dm.class_counts("train")}
+    model = StudentModule(encoder=cfg.student, extractor=cfg.extractor, loss=cfg.loss, optimizer=cfg.optimizer,
+                          scheduler=cfg.scheduler, data_spec=spec)
+    batch = next(iter(dm.train_dataloader()))
+    out = model(batch, with_augmented_view=model.loss_fn.needs_augmented_view)
+    assert loss.active_terms
+    for name in loss.active_terms:
+        value = model.loss_fn.terms[name](out, batch)["loss"]
+        assert torch.isfinite(value) and float(value) > 0, (name, float(value))
+        model.zero_grad()
+        value.backward(retain_graph=True)
+        grads = [p.grad for p in model.student.parameters() if p.grad is not None]
+        assert grads and any(float(g.abs().sum()) > 0 for g in grads), f"{name} sends no gradient to the student"
 
 
 class SimulatedCrash(RuntimeError):
@@ -116,7 +146,7 @@ def _fit(cfg, extra_callbacks=(), ckpt_path=None):
     dm = instantiate(cfg.data, seed=cfg.seed, with_augmented_view=needs_view, _recursive_=False)
     dm.setup("fit")
     model = StudentModule(encoder=cfg.student, extractor=cfg.extractor, loss=cfg.loss,
-                          optimizer=cfg.optimizer, data_spec=dm.spec.to_dict())
+                          optimizer=cfg.optimizer, scheduler=cfg.scheduler, data_spec=dm.spec.to_dict())
     callbacks = without_logger_callbacks(instantiate_group(cfg.callbacks), [])
     trainer = instantiate(cfg.trainer, callbacks=callbacks + list(extra_callbacks), logger=False)
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)

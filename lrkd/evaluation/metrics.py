@@ -20,8 +20,10 @@ Conventions (documented choices, with torchmetrics' behaviour where it decides):
   are **skipped** (``empty_target_action="skip"``), since every ranking of them is equally good.
   The mean is over queries with at least one item of positive gain (0 if there is none). Tied
   expected gains are averaged over the tie (torchmetrics, like scikit-learn's ``ndcg_score``).
-- AUC when the evaluated rows hold only one side (all relevant or none): torchmetrics warns and
-  returns 0; treat it as undefined.
+- AUC when the evaluated rows hold only one side (all relevant or none) is undefined and returned
+  as NaN (torchmetrics would return 0, which reads as the worst model; scikit-learn raises).
+- nDCG@k differs here from trec_eval, which scores an all-zero-gain query 0 and so lowers the mean;
+  reports state the convention under their tables.
 
 Tuned decisions (``decision=thresholds``, :mod:`lrkd.decision`): :func:`decision_metrics` gives the
 decision-dependent keys (accuracy, macro_f1, micro_f1, f1/<grade>, qwk) of hard grades under the
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import MeanSquaredError, Metric
+from torchmetrics import MeanSquaredError, Metric, SumMetric
 from torchmetrics.classification import (BinaryAUROC, MulticlassAccuracy, MulticlassCohenKappa,
                                          MulticlassConfusionMatrix, MulticlassF1Score)
 from torchmetrics.functional.classification import (multiclass_accuracy, multiclass_cohen_kappa,
@@ -66,6 +68,8 @@ class RelevanceMetrics(nn.Module):
         self.qwk = MulticlassCohenKappa(num_classes=c, weights="quadratic")
         self.confusion_matrix = MulticlassConfusionMatrix(num_classes=c)
         self.auc = BinaryAUROC()
+        self.auc_rows = SumMetric()       # labelled rows seen, and how many of them are relevant:
+        self.auc_relevant = SumMetric()   # AUC is NaN unless both sides occur (summed over ranks)
         self.ndcg = RetrievalNormalizedDCG(top_k=self.ndcg_k, empty_target_action="skip")
         self.rmse = MeanSquaredError(squared=False) if self.has_relevance else None
         self.register_buffer("gains", torch.tensor(label_set.gains, dtype=torch.float32), persistent=False)
@@ -91,6 +95,8 @@ class RelevanceMetrics(nn.Module):
             metric.update(probs, labels)
         r = self.label_set.relevant_up_to
         self.auc.update(probs[:, : r + 1].sum(dim=-1).clamp(0.0, 1.0), (labels <= r).long())
+        self.auc_rows.update(float(len(labels)))
+        self.auc_relevant.update(float((labels <= r).sum()))
         self.ndcg.update(probs @ self.gains, self.gains[labels], indexes=query_index)
         if self.rmse is not None and relevance is not None:
             relevance = relevance[keep].float()
@@ -106,7 +112,8 @@ class RelevanceMetrics(nn.Module):
         for name, value in zip(self.label_set.names, self.class_f1.compute()):
             out[f"{p}f1/{name}"] = value
         out[f"{p}qwk"] = self.qwk.compute()
-        out[f"{p}auc"] = _compute_or_nan(self.auc)
+        rows, relevant = float(self.auc_rows.compute()), float(self.auc_relevant.compute())  # same on every rank
+        out[f"{p}auc"] = _compute_or_nan(self.auc) if 0 < relevant < rows else self.gains.new_tensor(float("nan"))
         out[f"{p}ndcg@{self.ndcg_k}"] = _compute_or_nan(self.ndcg)
         if self.rmse is not None:
             out[f"{p}rmse"] = self.rmse.compute()

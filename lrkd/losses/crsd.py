@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lrkd.data.schema import UNLABELLED
-from lrkd.losses.ce import cross_entropy
+from lrkd.losses.ce import cross_entropy, training_labels
 from lrkd.losses.compose import LossTerm, masked_mean
 from lrkd.losses.infonce import info_nce
 from lrkd.losses.kd import kl_per_row
@@ -50,6 +50,8 @@ class CRSDTerm(ClassWeighted, LossTerm):
     ``loss = contrastive_weight · contrastive + kl_weight · kl + aug_ce_weight · aug_ce``;
     the three sub-terms are logged unweighted. class_weight (null, ``balanced`` or [C]) weights the
     ``aug_ce`` rows by their label; the contrastive and KL view-matching sub-losses stay unweighted.
+    teacher_label_for_unlabelled: as the ``ce`` term (:func:`lrkd.losses.ce.training_labels`), an
+    annotated pool row without a gold label trains ``aug_ce`` on the teacher's argmax label.
     """
 
     needs_annotations = True
@@ -57,8 +59,9 @@ class CRSDTerm(ClassWeighted, LossTerm):
 
     def __init__(self, weight: float = 1.0, temperature: float = 0.05, contrastive_weight: float = 1.0,
                  kl_weight: float = 1.0, aug_ce_weight: float = 1.0, stop_gradient: bool = True,
-                 class_weight=None):
+                 class_weight=None, teacher_label_for_unlabelled: bool = True):
         super().__init__(weight)
+        self.teacher_label_for_unlabelled = bool(teacher_label_for_unlabelled)
         self._init_class_weight(class_weight)
         self.temperature = float(temperature)
         self.sub_weights = {"contrastive": float(contrastive_weight), "kl": float(kl_weight),
@@ -72,7 +75,7 @@ class CRSDTerm(ClassWeighted, LossTerm):
             aug_pooled=self.output(out, "aug_pooled", _AUG_VIEW_FIX),
             logits=self.output(out, "logits", "the student module must return classifier logits"),
             aug_logits=self.output(out, "aug_logits", _AUG_VIEW_FIX),
-            labels=batch["labels"], temperature=self.temperature, stop_gradient=self.stop_gradient,
+            labels=training_labels(batch, self.teacher_label_for_unlabelled), temperature=self.temperature, stop_gradient=self.stop_gradient,
             mask=annotated.to(torch.bool), class_weight=self.class_weights())
         loss = sum(self.sub_weights[k] * v for k, v in parts.items())
         return {"loss": loss, **parts}

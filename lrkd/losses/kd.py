@@ -10,8 +10,6 @@ from torch import Tensor
 from lrkd.losses.compose import LossTerm, masked_mean
 from lrkd.losses.weights import ClassWeighted, weighted_row_mean
 
-PROB_FLOOR = 1e-8  # teacher probabilities are clamped to this before the log
-
 
 def kl_per_row(target_log_probs: Tensor, log_probs: Tensor) -> Tensor:
     """KL(p ‖ q) per row, from log p (the target) and log q, both [B, C]. Returns [B] (nats)."""
@@ -25,7 +23,12 @@ def kd_loss(student_logits: Tensor, teacher_probs: Tensor, temperature: float = 
     student_logits: [B, C] s; teacher_probs: [B, C] p_T (rows sum to 1), read as logits t = log p_T;
     mask: [B] bool, rows to use (all when ``None``). Returns the scalar
     ``T² · mean_b KL(softmax(t_b / T) ‖ softmax(s_b / T))``; 0 with a grad path when no row is valid.
-    The T² factor keeps the gradient scale independent of T. row_weights: optional [B] row weights
+    The T² factor keeps the gradient scale independent of T.
+
+    The target softmax(log p_T / T) = p_T^(1/T) / sum_c p_T(c)^(1/T) is computed from the
+    probabilities themselves, and the KL with ``xlogy`` (0 · log 0 = 0): a class the teacher gives
+    probability 0 keeps target 0 at any T. (Flooring p_T at 1e-8 before the log would give such a
+    class 1e-2 of the mass before normalising at T = 4: the floor, not the teacher, would set the tail.) row_weights: optional [B] row weights
     w_b: then the mean is sum_b w_b KL_b / sum_b w_b over the valid rows.
     """
     if student_logits.shape != teacher_probs.shape:
@@ -33,10 +36,13 @@ def kd_loss(student_logits: Tensor, teacher_probs: Tensor, temperature: float = 
                          f"{tuple(teacher_probs.shape)} must both be [B, C] with the same C")
     if temperature <= 0:
         raise ValueError(f"kd_loss: temperature must be > 0, got {temperature}")
-    teacher_logits = teacher_probs.float().clamp_min(PROB_FLOOR).log()
-    target = F.log_softmax(teacher_logits / temperature, dim=-1)
+    powered = teacher_probs.float().clamp_min(0.0).pow(1.0 / temperature)
+    total = powered.sum(dim=-1, keepdim=True)
+    # a row without any mass (never a valid teacher row) gets a uniform target, so it stays finite
+    target = torch.where(total > 0, powered / total.clamp_min(torch.finfo(powered.dtype).tiny),
+                         torch.full_like(powered, 1.0 / powered.shape[-1]))
     student = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    per_row = kl_per_row(target, student)
+    per_row = (torch.special.xlogy(target, target) - target * student).sum(dim=-1)
     if row_weights is None:
         return temperature ** 2 * masked_mean(per_row, mask)
     return temperature ** 2 * weighted_row_mean(per_row, row_weights, mask)

@@ -84,7 +84,8 @@ def run_student(cfg: DictConfig) -> dict:
     # the train split's gold label counts, for class_weight: balanced loss terms (lrkd.losses.weights)
     data_spec["train_class_counts"] = datamodule.class_counts("train")
     model = StudentModule(encoder=cfg.student, extractor=cfg.extractor, loss=cfg.loss,
-                          optimizer=cfg.optimizer, data_spec=data_spec, decision=cfg.get("decision"))
+                          optimizer=cfg.optimizer, scheduler=cfg.get("scheduler"), data_spec=data_spec,
+                          decision=cfg.get("decision"))
     counts = model.parameter_counts()
     log.info("parameters: %s", counts)
 

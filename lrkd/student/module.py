@@ -8,7 +8,10 @@ Built from plain config dicts (so a checkpoint's hyper-parameters load with ``we
                gradient_checkpointing, ...)
     extractor: conf/extractor/*.yaml (``_target_`` of a LatentExtractor and its sizes)
     loss:      conf/loss/*.yaml      (``_target_: lrkd.losses.WeightedLoss`` with named terms)
-    optimizer: {lr, head_lr, weight_decay, warmup_ratio, betas, eps}
+    optimizer: conf/optimizer/*.yaml (a partial optimizer, ``_target_`` + its arguments, plus
+               ``head_lr``; or the older plain {lr, head_lr, weight_decay, warmup_ratio, betas, eps})
+    scheduler: conf/scheduler/*.yaml (a partial called with (optimizer, total_steps)); None: a
+               linear warm-up over 10 % of the steps (lrkd.optim)
     data_spec: DataSpec.to_dict() of the data module (grades, perspectives, latent dim, ...), plus
                ``train_class_counts`` [C] (gold label counts of the train split, for
                ``class_weight: balanced`` loss terms), ``max_length`` and ``text_fields``
@@ -36,7 +39,7 @@ from lrkd.data.batch import AUG_PREFIX, INPUT_KEYS
 from lrkd.decision import ArgmaxRule, rule_from_dict
 from lrkd.evaluation.metrics import PredictionStore, RelevanceMetrics, decision_metrics
 from lrkd.losses import NonFiniteLossError
-from lrkd.optim import adamw
+from lrkd.optim import configure
 from lrkd.student.checkpoint import DECISION_CHECKPOINT_KEY, upgrade_state_dict
 from lrkd.student.encoder import count_parameters
 from lrkd.student.model import RelevanceStudent
@@ -72,14 +75,16 @@ class StudentModule(L.LightningModule):
     ``predict_logits`` is the student's."""
 
     def __init__(self, encoder: dict, extractor: dict, loss: dict, optimizer: dict, data_spec: dict,
-                 decision: dict | None = None):
+                 decision: dict | None = None, scheduler: dict | None = None):
         super().__init__()
-        encoder, extractor, loss, optimizer, data_spec, decision = map(
-            plain, (encoder, extractor, loss, optimizer, data_spec, decision))
+        encoder, extractor, loss, optimizer, data_spec, decision, scheduler = map(
+            plain, (encoder, extractor, loss, optimizer, data_spec, decision, scheduler))
         hparams = {"encoder": encoder, "extractor": extractor, "loss": loss, "optimizer": optimizer,
                    "data_spec": data_spec}
         if decision is not None:
             hparams["decision"] = decision
+        if scheduler is not None:
+            hparams["scheduler"] = scheduler
         self.save_hyperparameters(hparams)
         self.student = RelevanceStudent(encoder, extractor, data_spec["label_set"], data_spec["perspectives"])
         # checkpoints of the layout before the RelevanceStudent hold encoder.* / extractor.* / classifier.*
@@ -266,30 +271,10 @@ class StudentModule(L.LightningModule):
         return max(1, math.ceil(n / t.accumulate_grad_batches) * t.max_epochs)
 
     def configure_optimizers(self):
-        opt = dict(self.hparams.optimizer)
-        lr = float(opt.get("lr", 5e-5))
-        head_lr = float(opt.get("head_lr") or lr)
-        if not (lr > 0 and head_lr > 0):
-            raise ValueError(f"learning rates must be positive: optimizer.lr={lr}, optimizer.head_lr={head_lr}")
-        wd = float(opt.get("weight_decay", 0.01))
-        groups: dict[tuple[str, bool], list] = {}
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            part = "encoder" if name.startswith("student.encoder.") else "head"
-            no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
-            groups.setdefault((part, no_decay), []).append(p)
-        param_groups = [{"params": ps, "lr": lr if part == "encoder" else head_lr,
-                         "weight_decay": 0.0 if no_decay else wd} for (part, no_decay), ps in groups.items()]
-        optimizer = adamw(self, param_groups, betas=tuple(opt.get("betas", (0.9, 0.999))),
-                          eps=float(opt.get("eps", 1e-8)))
-        total = self._total_training_steps()
-        warmup = int(float(opt.get("warmup_ratio", 0.1)) * total)
+        """The ``optimizer`` partial over parameter groups (the encoder at ``lr``, the heads at
+        ``head_lr``; lrkd.optim) and the ``scheduler`` partial, stepped every optimizer step."""
+        def lr_of(name: str, extra: dict) -> float | None:
+            return None if name.startswith("student.encoder.") else extra.get("head_lr")
 
-        def schedule(step: int) -> float:  # linear warm-up, then linear decay to 0
-            if step < warmup:
-                return (step + 1) / max(warmup, 1)
-            return max(0.0, (total - step) / max(total - warmup, 1))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure(self, self.named_parameters(), self.hparams.optimizer, self.hparams.get("scheduler"),
+                         self._total_training_steps(), lr_of)

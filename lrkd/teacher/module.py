@@ -39,7 +39,7 @@ from lrkd.losses import NonFiniteLossError
 from lrkd.losses.dpo import dpo_loss, reward_statistics
 from lrkd.losses.lm import completion_logprobs, completion_nll
 from lrkd.teacher.examples import PreferenceCollator, PreferenceDataset
-from lrkd.optim import adamw
+from lrkd.optim import configure
 from lrkd.teacher.model import apply_lora, load_teacher, save_pretrained_atomically
 
 log = logging.getLogger(__name__)
@@ -197,37 +197,56 @@ class _TeacherModule(L.LightningModule):
         return save_teacher(self.model, self.tokenizer, out_dir, parent=self.hparams.init_from)
 
     def configure_optimizers(self):
-        opt = dict(self.hparams.optimizer or {})
-        wd = float(opt.get("weight_decay", 0.0))
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-        optimizer = adamw(self, [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
-                                      lr=float(opt.get("lr", 1e-5)), betas=tuple(opt.get("betas", (0.9, 0.999))),
-                                      eps=float(opt.get("eps", 1e-8)))
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = int(float(opt.get("warmup_ratio", 0.0)) * total)
-
-        def schedule(step: int) -> float:  # linear warm-up, then linear decay to 0
-            if step < warmup:
-                return (step + 1) / max(warmup, 1)
-            return max(0.0, (total - step) / max(total - warmup, 1))
-
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), "interval": "step"}}
+        """``optimizer`` (a partial config, or the stage's plain {lr, weight_decay, warmup_ratio}) over
+        the model's parameters and its schedule (lrkd.optim)."""
+        return configure(self, self.model.named_parameters(), self.hparams.optimizer, self.hparams.get("scheduler"),
+                         int(self.trainer.estimated_stepping_batches), default_warmup_ratio=0.0)
 
 
 class TeacherSFTModule(_TeacherModule):
-    """Supervised fine-tuning: mean NLL of the completion tokens, the prompt masked out."""
+    """Supervised fine-tuning: mean NLL of the completion tokens, the prompt masked out.
+
+    Under gradient accumulation (``trainer.accumulate_grad_batches`` = k) and across DDP ranks the
+    mean is over every completion token of the optimizer step, as TRL / transformers do
+    (``num_items_in_batch``), not the mean of the micro-batches' means: each micro-batch
+    back-propagates its token *sum*, and before the optimizer step the gradients are divided by the
+    step's token count (summed over ranks). The logged ``train/loss`` stays the micro-batch's mean.
+    Under DeepSpeed, which owns the gradients, the micro-batch mean is used as before.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._step_tokens = 0
+
+    def _sums_tokens(self) -> bool:
+        return "deepspeed" not in type(self.trainer.strategy).__name__.lower()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = completion_nll(*completion_window_logits(self.model, batch))
+        logits, input_ids, completion_mask = completion_window_logits(self.model, batch)
+        loss = completion_nll(logits, input_ids, completion_mask)
         self._check_finite(loss, batch_idx, "SFT")
         b = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=b)
-        return loss
+        if not self._sums_tokens():
+            return loss
+        tokens = int(completion_mask[:, 1:].sum())
+        self._step_tokens += tokens
+        # Lightning divides the returned loss by k: back-propagate the token sum
+        return loss * tokens * self.trainer.accumulate_grad_batches
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if not self._sums_tokens() or self._step_tokens == 0:
+            return
+        tokens = torch.tensor(float(self._step_tokens), device=self.device)
+        total = float(self.trainer.strategy.reduce(tokens, reduce_op="sum"))
+        # DDP averages the ranks' gradients: (1/W) sum_r g_r, so W / total gives sum_r g_r / total
+        scale = self.trainer.world_size / max(total, 1.0)
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+        self._step_tokens = 0
 
 
 class TeacherDPOModule(_TeacherModule):

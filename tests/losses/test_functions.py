@@ -219,3 +219,24 @@ def test_crsd_masked_rows_change_nothing():
                          mask=torch.tensor([True, True, False]))
     for key in ("contrastive", "kl", "aug_ce"):
         assert masked[key].item() == pytest.approx(ref[key].item(), rel=1e-5), key
+
+
+def test_kd_target_tail_is_the_teachers_not_a_floor():
+    """At T = 4 a class the teacher gives probability 0 keeps target 0 (a floor of 1e-8 before the
+    log would give it (1e-8)^(1/4) = 1e-2 of the mass before normalising)."""
+    import torch.nn.functional as F
+
+    teacher = torch.tensor([[0.7, 0.3, 0.0, 0.0]])
+    student = torch.tensor([[2.0, 1.0, -1.0, 0.5]], requires_grad=True)
+    t = 4.0
+    target = teacher.pow(1 / t) / teacher.pow(1 / t).sum()
+    q = F.log_softmax(student / t, dim=-1)
+    expected = t * t * (target[:, :2] * (target[:, :2].log() - q[:, :2])).sum()
+    got = kd_loss(student, teacher, temperature=t)
+    assert torch.isfinite(got) and got.item() == pytest.approx(expected.item(), rel=1e-6)
+    got.backward()
+    assert torch.isfinite(student.grad).all()
+    # equal to the log-space form wherever the teacher has no zero
+    full = torch.tensor([[0.5, 0.25, 0.15, 0.10]])
+    ref = t * t * F.kl_div(q, F.log_softmax(full.log() / t, dim=-1), reduction="sum", log_target=True)
+    assert kd_loss(student, full, temperature=t).item() == pytest.approx(ref.item(), rel=1e-5)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from lrkd.losses import (CETerm, CRSDTerm, KDTerm, LatentTerm, LossInputError, LossTerm, WeightedLoss,
-                         crsd_losses, kd_loss, latent_alignment)
+                         crsd_losses, cross_entropy, kd_loss, latent_alignment)
+from lrkd.losses.ce import training_labels
 
 
 def softmax(xs):
@@ -64,11 +65,24 @@ def test_crsd_term_is_the_weighted_sum_of_its_sub_terms():
     out, batch = make_out_batch()
     term = CRSDTerm(temperature=0.1, contrastive_weight=0.5, kl_weight=2.0, aug_ce_weight=0.0)
     parts = term(out, batch)
+    labels = training_labels(batch, True)  # the teacher's label on annotated rows without a gold one, as ce
     ref = crsd_losses(out["pooled"][[0, 2]], out["aug_pooled"][[0, 2]], out["logits"][[0, 2]],
-                      out["aug_logits"][[0, 2]], batch["labels"][[0, 2]], temperature=0.1)
+                      out["aug_logits"][[0, 2]], labels[[0, 2]], temperature=0.1)
     for key in ("contrastive", "kl", "aug_ce"):
         assert parts[key].item() == pytest.approx(ref[key].item(), rel=1e-5), key
     assert parts["loss"].item() == pytest.approx(0.5 * ref["contrastive"].item() + 2.0 * ref["kl"].item(), rel=1e-5)
+
+
+def test_crsd_aug_ce_uses_the_teacher_label_fallback_of_the_ce_term():
+    out, batch = make_out_batch()
+    annotated = batch["annotated"].bool()
+    assert bool(((batch["labels"] < 0) & annotated).any())  # the fixture has an unlabelled annotated row
+    gold_only = batch["labels"].masked_fill(~annotated, -1)
+    with_teacher = training_labels(batch, True).masked_fill(~annotated, -1)
+    aug_ce = CRSDTerm()(out, batch)["aug_ce"]
+    assert aug_ce.item() == pytest.approx(cross_entropy(out["aug_logits"], with_teacher).item(), rel=1e-5)
+    plain_ce = CRSDTerm(teacher_label_for_unlabelled=False)(out, batch)["aug_ce"]
+    assert plain_ce.item() == pytest.approx(cross_entropy(out["aug_logits"], gold_only).item(), rel=1e-5)
 
 
 # ------------------------------------------------------------------------------------- errors

@@ -28,7 +28,7 @@ def tiny_student(extractor: str = "mlp", seed: int = 0, logit_scale: float = 5.0
     module = StudentModule(encoder=OmegaConf.load(CONF / "student" / "tiny.yaml"),
                            extractor=OmegaConf.load(CONF / "extractor" / f"{extractor}.yaml"),
                            loss=OmegaConf.load(CONF / "loss" / "ce.yaml"),
-                           optimizer=OmegaConf.load(CONF / "train.yaml").optimizer, data_spec=spec,
+                           optimizer=OmegaConf.load(CONF / "optimizer" / "adamw.yaml"), data_spec=spec,
                            decision=decision)
     with torch.no_grad():
         module.student.classifier[-1].weight.mul_(logit_scale)

@@ -21,7 +21,7 @@ def _module() -> StudentModule:
     return StudentModule(encoder=OmegaConf.load(CONF / "student" / "tiny.yaml"),
                          extractor=OmegaConf.load(CONF / "extractor" / "none.yaml"),
                          loss=OmegaConf.load(CONF / "loss" / "crsd.yaml"),
-                         optimizer=OmegaConf.load(CONF / "train.yaml").optimizer, data_spec=spec).eval()
+                         optimizer=OmegaConf.load(CONF / "optimizer" / "adamw.yaml"), data_spec=spec).eval()
 
 
 def _batch(annotated) -> dict:

@@ -127,3 +127,33 @@ def test_sft_fit_lowers_the_loss_and_the_saved_teacher_loads_back(tmp_path, lora
     with torch.no_grad():
         reloaded = completion_nll(*completion_window_logits(loaded, batch)).item()
     assert reloaded == pytest.approx(after, abs=1e-4)
+
+
+def test_gradient_accumulation_averages_over_every_completion_token_of_the_step(tmp_path):
+    """Micro-batches [e0] and [e1, e2] accumulated into one step move the weights exactly as one
+    batch [e0, e1, e2] does (TRL / transformers' num_items_in_batch), not as the mean of the two
+    micro-batch means would (the examples' completions differ in length)."""
+    cfg = tiny_teacher_cfg(tmp_path / "cache")
+    sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1.0}
+    constant = {"_target_": "lrkd.optim.constant_warmup_schedule", "_partial_": True, "warmup_ratio": 0.0}
+
+    def step(batches, accumulate: int) -> dict:
+        L.seed_everything(0)
+        module = TeacherSFTModule(teacher=cfg, optimizer=sgd, scheduler=constant)
+        before = {k: v.detach().clone() for k, v in module.model.named_parameters()}
+        trainer = L.Trainer(max_steps=1, accumulate_grad_batches=accumulate, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1)
+        trainer.fit(module, DataLoader(batches, batch_size=None))
+        return {k: before[k] - v.detach() for k, v in module.model.named_parameters()}
+
+    tok = TeacherSFTModule(teacher=cfg, optimizer=sgd).tokenizer
+    _, view = _sft_data(tok, tmp_path / "cache")
+    items = [CompletionDataset(view)[i] for i in range(3)]
+    collate = CompletionCollator(tok.pad_token_id)
+    counts = [int(collate([it])["completion_mask"].sum()) for it in items]
+    assert len(set(counts)) > 1
+    whole = step([collate(items)], 1)
+    accumulated = step([collate(items[:1]), collate(items[1:])], 2)
+    for name, delta in whole.items():
+        torch.testing.assert_close(accumulated[name], delta, rtol=1e-4, atol=1e-6)
+    assert any(float(d.abs().sum()) > 0 for d in whole.values())
