@@ -12,6 +12,7 @@ message names the file, row and column), 1 another error.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import runpy
@@ -43,10 +44,8 @@ def _names(text: str | None) -> list[str] | None:
 def train(argv: Sequence[str]) -> int:
     """Run :mod:`lrkd.train` as ``python -m lrkd.train <argv>`` would (Hydra reads sys.argv, and
     DDP re-launches each rank with ``-m lrkd.train``)."""
-    import lrkd.train
-
     saved = sys.argv
-    sys.argv = [lrkd.train.__file__, *argv]
+    sys.argv = [importlib.util.find_spec("lrkd.train").origin, *argv]
     try:
         runpy.run_module("lrkd.train", run_name="__main__", alter_sys=True)
     except SystemExit as e:  # Hydra exits with 1 on an error, 0 after --help
@@ -175,7 +174,8 @@ RUNNERS: dict[str, Callable[[Sequence[str]], int]] = {
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lrkd", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="lrkd", description="lrkd: train a relevance student (and its teacher), score and "
+                                "export it, report sweeps.",
                                 epilog="`lrkd <command> --help` tells a command's options.")
     sub = p.add_subparsers(dest="command", metavar="<command>", title="commands")
     for name, text in COMMANDS.items():

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -38,16 +41,11 @@ WANDB_GROUP_MAX = 128
 # ----------------------------------------------------------------------------- the tolerant job
 def in_multirun() -> bool:
     """True inside a job of a Hydra multirun (``-m``, or ``hydra.mode=MULTIRUN``)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def job_overrides() -> list[str]:
     """This job's task overrides (``["extractor=mlp", "seed=2"]``); [] outside a Hydra job."""
-    from hydra.core.hydra_config import HydraConfig
-
     if not HydraConfig.initialized():
         return []
     return [str(o) for o in HydraConfig.get().overrides.task]
@@ -78,8 +76,6 @@ def run_job_tolerantly(stage: Callable[[DictConfig], dict], cfg: DictConfig) -> 
     try:
         return stage(cfg)
     except Exception as exc:
-        from hydra.core.hydra_config import HydraConfig
-
         job_num = HydraConfig.get().job.get("num") if HydraConfig.initialized() else None
         try:
             path = write_error(job_dir(cfg), exc, job_overrides(), job_num=job_num)
@@ -96,8 +92,6 @@ def run_job_tolerantly(stage: Callable[[DictConfig], dict], cfg: DictConfig) -> 
 def job_dir(cfg: DictConfig) -> Path:
     """The job's directory: ``cfg.paths.output_dir``, else Hydra's ``runtime.output_dir``, else the
     working directory (also when the config itself cannot be resolved)."""
-    from hydra.core.hydra_config import HydraConfig
-
     try:
         found = OmegaConf.select(cfg, "paths.output_dir", default=None)
         if found:
@@ -133,8 +127,6 @@ def finish_wandb() -> None:
 def parse_override(line: str) -> tuple[str, str]:
     """One override line -> (key, value as written). ``+a.b=1`` -> ("a.b", "1"); ``~a`` ->
     ("a", "~"); ``extractor@x=mlp`` -> ("extractor@x", "mlp"). Uses Hydra's own grammar."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     override = OverridesParser.create().parse_override(line)
     key = override.key_or_group if override.package is None else f"{override.key_or_group}@{override.package}"
     if override.is_delete():
@@ -152,7 +144,6 @@ def declared_sweep_keys(master: DictConfig | Mapping | None) -> list[str]:
     sweep overrides (``seed=1,2``, ``lr=interval(...)``), from ``multirun.yaml``'s config."""
     if master is None:
         return []
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     params = OmegaConf.select(master, "hydra.sweeper.params", default=None) or {}
     keys = [str(k) for k in params]
@@ -186,9 +177,6 @@ class RunIdentity:
 def run_identity(hydra_cfg: DictConfig | None = None, task_name: str | None = None) -> RunIdentity:
     """The W&B identity of the current Hydra job (``hydra_cfg`` defaults to ``HydraConfig.get()``;
     ``task_name`` names the group, default Hydra's job name)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     if hydra_cfg is None:
         if not HydraConfig.initialized():
             return RunIdentity(None, None, ())

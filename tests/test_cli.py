@@ -41,3 +41,14 @@ def test_train_composes_the_config_like_train_py(tmp_path):
                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr
     assert "model_type: bert" in out.stdout and "CETerm" in out.stdout
+
+
+def test_a_sweep_config_run_without_multirun_warns():
+    """experiment=seeds (or an hparams_search) without -m runs one job: say so instead of silently."""
+    import pytest
+
+    from lrkd.train import SweepNotRunWarning, warn_unswept
+
+    with pytest.warns(SweepNotRunWarning, match=r"add -m"):
+        assert "seed" in warn_unswept({"seed": "1,2,3"})
+    assert warn_unswept({}) is None

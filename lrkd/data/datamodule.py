@@ -19,16 +19,21 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
+from transformers import AutoTokenizer
 
+from lrkd import artefact as artefact_lib
 from lrkd.data.batch import AUG_PREFIX
-from lrkd.data.pool import cached_pool, pool_options
-from lrkd.data.sampler import eval_sampler, make_train_loader
 from lrkd.data.encode import pad_sequences
+from lrkd.data.pool import cached_pool, pool_options
+from lrkd.data.sampler import EpochSeededSampler, eval_sampler, make_train_loader
 from lrkd.data.schema import REQUIRED_COLUMNS, DataError, DataSpec, LabelSet, dataset_fingerprint
 from lrkd.data.splits import split_by_query
 from lrkd.data.tokenize import TokenizedView, tokenize_augmented, tokenize_standard
 from lrkd.models import resolve_model_path
+from lrkd.utils import plain
 
 log = logging.getLogger(__name__)
 
@@ -103,17 +108,6 @@ class PairCollator:
 
 
 # ------------------------------------------------------------------------------------ data module
-def _plain(node) -> Any:
-    """OmegaConf nodes -> plain containers; anything else unchanged."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover
-        return node
-    if isinstance(node, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(node, resolve=True)
-    return node
-
-
 def grade_mean_relevance(df: pd.DataFrame, rows: np.ndarray, label_set: LabelSet) -> tuple[float, ...]:
     """Mean raw ``relevance`` of the pairs of each grade among ``rows`` (typically the train split):
     the per-grade ``values`` of ``labels.values: auto``."""
@@ -171,8 +165,8 @@ class RelevanceDataModule(L.LightningDataModule):
                 "annotation stage with data.annotations=<dir>, or drop the term with ~loss.terms.crsd.")
         self.name = name
         self.source = source
-        self.labels = _plain(labels)
-        self.split = dict(_plain(split) or {})
+        self.labels = plain(labels)
+        self.split = dict(plain(split) or {})
         self.tokenizer_name = tokenizer
         self.max_length = int(max_length)
         self.aug_max_length = int(aug_max_length)
@@ -182,11 +176,11 @@ class RelevanceDataModule(L.LightningDataModule):
         self.cache_dir = str(cache_dir)
         self.annotations = str(annotations) if annotations else None
         self.annotation_strict_fingerprint = bool(annotation_strict_fingerprint)
-        self.perspectives = tuple(_plain(perspectives))
+        self.perspectives = tuple(plain(perspectives))
         self.duplicates = duplicates
         self.with_augmented_view = bool(with_augmented_view)
         self.seed = int(seed)
-        self.pool = pool_options(_plain(pool))
+        self.pool = pool_options(plain(pool))
         if self.with_augmented_view and self.aug_max_length < self.max_length + 2:
             raise ValueError(f"aug_max_length={self.aug_max_length} must exceed max_length={self.max_length} "
                              "by >= 2 to leave room for a rationale")
@@ -211,14 +205,9 @@ class RelevanceDataModule(L.LightningDataModule):
 
     def _build_source(self):
         source = self.source
-        try:
-            from omegaconf import DictConfig
-        except ImportError:  # pragma: no cover
-            DictConfig = ()
         if isinstance(source, (DictConfig, Mapping)):
             if "_target_" not in source:
                 raise ValueError(f"data source config needs a _target_ (a source class), got keys {list(source)}")
-            from hydra.utils import instantiate
             source = instantiate(source)
         if not hasattr(source, "load"):
             raise TypeError(f"data source {source!r} has no load(label_set, duplicates) method")
@@ -227,7 +216,6 @@ class RelevanceDataModule(L.LightningDataModule):
     def _load_tokenizer(self):
         if not isinstance(self.tokenizer_name, (str, bytes)) and hasattr(self.tokenizer_name, "get_vocab"):
             return self.tokenizer_name
-        from transformers import AutoTokenizer
         return AutoTokenizer.from_pretrained(resolve_model_path(str(self.tokenizer_name)))
 
     def setup(self, stage: str | None = None) -> None:
@@ -321,8 +309,6 @@ class RelevanceDataModule(L.LightningDataModule):
     def _align_annotations(self, df, label_set: LabelSet, fingerprint: str):
         """Load, validate and align the artefact (``lrkd.artefact``): (arrays by row, perspectives,
         latent dim D, rationale text by row, "" where a row is not annotated)."""
-        from lrkd import artefact as artefact_lib
-
         ann = artefact_lib.load_artefact(self.annotations)
         ann.validate(df, perspectives=list(self.perspectives), label_names=list(label_set.names),
                      dataset_fingerprint=fingerprint, strict_fingerprint=self.annotation_strict_fingerprint)

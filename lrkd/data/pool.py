@@ -36,11 +36,16 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
+import bm25s
 import numpy as np
 import pandas as pd
+import torch
+from transformers import AutoTokenizer
 
-from lrkd.data.schema import UNLABELLED, DataError, text_fields
 from lrkd.data.encode import item_texts
+from lrkd.data.schema import UNLABELLED, DataError, text_fields
+from lrkd.data.sources import text_column, item_id_for, read_table
+from lrkd.models import load_encoder, masked_mean, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +64,19 @@ def load_catalogue(path: str | os.PathLike, fields: Sequence[str], format: str =
 
     fields: the dataset's text field columns (``text_fields(frame)``); each must be a column.
     """
-    from lrkd.data.sources import _text_column, item_id_for, read_table
-
     table = read_table(path, format=format)
     missing = [c for c in ["item_title", *fields] if c not in table.frame.columns]
     if missing:
         raise DataError(f"the catalogue has no column(s) {missing}; it needs item_title, optionally "
                         f"item_id, and the dataset's text fields {list(fields)} (schema names)",
                         path=str(path), column=missing[0])
-    title = _text_column(table, "item_title", "item title", required=True)
+    title = text_column(table, "item_title", "item title", required=True)
     if "item_id" in table.frame.columns:
-        item_id = _text_column(table, "item_id", "item id", required=True)
+        item_id = text_column(table, "item_id", "item id", required=True)
     else:
         item_id = [item_id_for(t) for t in title]
     data = {"item_id": item_id, "item_title": title,
-            **{f: _text_column(table, f, f, required=False) for f in fields}}
+            **{f: text_column(table, f, f, required=False) for f in fields}}
     df = pd.DataFrame(data)
     df = df[~df["item_id"].duplicated()].reset_index(drop=True)
     df.attrs["text_fields"] = list(fields)
@@ -86,8 +89,6 @@ ScoreBlocks = Iterator[tuple[int, np.ndarray]]  # (first query index, scores [q,
 
 def bm25_scores(queries: Sequence[str], items: Sequence[str]) -> ScoreBlocks:
     """BM25 score of every item for each query, one query at a time: (i, [1, N] float32)."""
-    import bm25s
-
     corpus = bm25s.tokenize(list(items), stopwords="en", show_progress=False)
     retriever = bm25s.BM25()
     retriever.index(corpus, show_progress=False)
@@ -102,9 +103,6 @@ def bm25_scores(queries: Sequence[str], items: Sequence[str]) -> ScoreBlocks:
 def embed_texts(texts: Sequence[str], model, tokenizer, device: str = "cpu", batch_size: int = 64,
                 max_length: int = MINILM_MAX_LENGTH) -> np.ndarray:
     """Unit-length mean-pooled embeddings [N, H] float32, batches of similar lengths."""
-    import torch
-
-    from lrkd.models import masked_mean
 
     texts = [str(t) for t in texts]
     lengths = [len(t) for t in texts]
@@ -124,9 +122,6 @@ def embed_texts(texts: Sequence[str], model, tokenizer, device: str = "cpu", bat
 def minilm_scores(queries: Sequence[str], items: Sequence[str], device: str = "cpu",
                   block: int = 256) -> ScoreBlocks:
     """Cosine similarity of MiniLM embeddings, rounded to 1e-5: (i, [<= block, N] float32)."""
-    from transformers import AutoTokenizer
-
-    from lrkd.models import load_encoder, resolve_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(MINILM))
     model = load_encoder(MINILM).to(device)

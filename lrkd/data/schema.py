@@ -15,6 +15,8 @@ Class index ``i`` of every model output means grade ``LabelSet.names[i]``.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -147,9 +149,6 @@ def text_fields(df) -> list[str]:
 def dataset_fingerprint(df) -> str:
     """sha256 hex of a dataset's content: the schema columns (ids, texts, labels, relevance) in row
     order. Stable across processes and library versions; keys caches and the teacher artefact."""
-    import hashlib
-    import json
-
     cols = list(REQUIRED_COLUMNS) + text_fields(df) + (["relevance"] if "relevance" in df.columns else [])
     h = hashlib.sha256()
     h.update(json.dumps(cols).encode())

@@ -34,6 +34,7 @@ import pandas as pd
 from lrkd.data.encode import is_missing, normalise_query, query_text, to_text
 from lrkd.data.io import RawTable, read_table
 from lrkd.data.schema import DataError, LabelSet
+from lrkd.data.splits import sample_queries
 
 DUPLICATE_POLICIES = ("error", "mean")
 SCHEMA_ID_TEXT_COLUMNS = ("query_id", "query", "item_id", "item_title")
@@ -83,7 +84,9 @@ def _label_key(value) -> str | None:
     return str(int(number)) if number.is_integer() else repr(number)
 
 
-def _text_column(table: RawTable, column: str, role: str, required: bool) -> list[str]:
+def text_column(table: RawTable, column: str, role: str, required: bool) -> list[str]:
+    """The cells of ``column`` as text (:func:`lrkd.data.encode.to_text`); DataError naming the row when
+    ``required`` and a cell is empty."""
     values = [to_text(v) for v in table.require(column, role).tolist()]
     if required:
         for i, v in enumerate(values):
@@ -94,7 +97,7 @@ def _text_column(table: RawTable, column: str, role: str, required: bool) -> lis
 
 def _query_column(table: RawTable, column: str) -> list[str]:
     """Query text with whitespace runs collapsed (case kept)."""
-    return [query_text(q) for q in _text_column(table, column, "query", required=True)]
+    return [query_text(q) for q in text_column(table, column, "query", required=True)]
 
 
 def _numeric_column(table: RawTable, column: str, role: str, allow_missing: bool) -> np.ndarray:
@@ -282,16 +285,16 @@ class TableSource:
         """The schema frame of an already read table (validates every row)."""
         cols = self.columns
         query = _query_column(table, cols["query"])
-        title = _text_column(table, cols["item_title"], "item title", required=True)
+        title = text_column(table, cols["item_title"], "item title", required=True)
         if cols.get("query_id"):
-            query_id = _text_column(table, cols["query_id"], "query id", required=True)
+            query_id = text_column(table, cols["query_id"], "query id", required=True)
         else:
             query_id = [query_id_for(q) for q in query]
         if cols.get("item_id"):
-            item_id = _text_column(table, cols["item_id"], "item id", required=True)
+            item_id = text_column(table, cols["item_id"], "item id", required=True)
         else:
             item_id = [item_id_for(t) for t in title]
-        text = {name: _text_column(table, col, name, required=False)
+        text = {name: text_column(table, col, name, required=False)
                 for name, col in self.text_fields.items()}
         relevance = None
         relevance_column = self.relevance_column
@@ -331,11 +334,11 @@ class ChorusIcecatSource:
         table = read_table(self.path, format="parquet")
         return _assemble(
             table,
-            query_id=_text_column(table, "query_id", "query id", required=True),
+            query_id=text_column(table, "query_id", "query id", required=True),
             query=_query_column(table, "query"),
-            item_id=_text_column(table, "item_id", "item id", required=True),
-            item_title=_text_column(table, "item_title", "item title", required=True),
-            text={f: _text_column(table, f, f, required=False) for f in self.TEXT_FIELDS},
+            item_id=text_column(table, "item_id", "item id", required=True),
+            item_title=text_column(table, "item_title", "item title", required=True),
+            text={f: text_column(table, f, f, required=False) for f in self.TEXT_FIELDS},
             label=_labels_from_indices(table, "label", label_set),
             relevance=_numeric_column(table, "relevance", "relevance", allow_missing=True),
             label_column="label", label_set=label_set, duplicates=duplicates)
@@ -391,16 +394,3 @@ class HomeDepotSource:
         if self.max_pairs is not None:
             df = sample_queries(df, self.max_pairs, self.sample_seed)
         return df
-
-
-def sample_queries(df: pd.DataFrame, max_pairs: int, seed: int) -> pd.DataFrame:
-    """Whole queries in a seeded random order, until at least ``max_pairs`` pairs; file order kept."""
-    if len(df) <= max_pairs:
-        return df
-    sizes = df.groupby("query_id", sort=False).size()
-    order = np.random.default_rng(seed).permutation(len(sizes))
-    count = int(np.searchsorted(np.cumsum(sizes.to_numpy()[order]), max_pairs) + 1)
-    chosen = set(sizes.index[order[:count]])
-    out = df[df["query_id"].isin(chosen)].reset_index(drop=True)
-    out.attrs = dict(df.attrs)
-    return out

@@ -70,3 +70,16 @@ def split_by_query(query_ids: Sequence, fractions: Mapping[str, float] | None = 
 
     split_of_row = split_of_query[codes] if n_rows else np.empty(0, dtype=np.int64)
     return {name: np.flatnonzero(split_of_row == k).astype(np.int64) for k, name in enumerate(names)}
+
+
+def sample_queries(df: pd.DataFrame, max_pairs: int, seed: int) -> pd.DataFrame:
+    """Whole queries in a seeded random order, until at least ``max_pairs`` pairs; file order kept."""
+    if len(df) <= max_pairs:
+        return df
+    sizes = df.groupby("query_id", sort=False).size()
+    order = np.random.default_rng(seed).permutation(len(sizes))
+    count = int(np.searchsorted(np.cumsum(sizes.to_numpy()[order]), max_pairs) + 1)
+    chosen = set(sizes.index[order[:count]])
+    out = df[df["query_id"].isin(chosen)].reset_index(drop=True)
+    out.attrs = dict(df.attrs)
+    return out

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from lrkd.distributed import is_rank_zero
 from lrkd.stages import get_stage
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,6 @@ def run_pipeline(cfg: DictConfig) -> dict:
             artefact = results[key]["artefact"]
     summary = {"stages": results, "artefact": artefact, "work_dir": str(cfg.stage.work_dir),
                "wall_time_s": round(time.time() - started, 1)}
-    from lrkd.distributed import is_rank_zero
 
     if is_rank_zero():  # under DDP / DeepSpeed every rank runs the pipeline; rank 0 writes
         output_dir.mkdir(parents=True, exist_ok=True)

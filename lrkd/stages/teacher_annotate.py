@@ -19,8 +19,15 @@ import shutil
 
 from omegaconf import DictConfig
 
+from lrkd.artefact import MANIFEST_NAME, read_manifest
+from lrkd.artefact.ranks import artefact_writer
+from lrkd.distributed import Ranks, run_on_ranks
 from lrkd.stages.base import StageRun, fingerprint_config, require_finished, select_rows
 from lrkd.stages.teacher_common import MODEL_FOLDER, decoding_options, evaluate_on_test, inference_device, load_pairs
+from lrkd.teacher.annotate import SentenceEmbedder, annotate_pool
+from lrkd.teacher.model import inference_model
+from lrkd.teacher.module import load_trained_teacher
+from lrkd.teacher.prompts import perspectives_from_config
 from lrkd.utils import plain
 
 log = logging.getLogger(__name__)
@@ -42,8 +49,6 @@ def _teacher(cfg: DictConfig):
 
 def _clear_other_artefact(out, fingerprint: str) -> None:
     """Remove an artefact in ``out`` that was started under another fingerprint (not resumable)."""
-    from lrkd.artefact import MANIFEST_NAME, read_manifest
-
     if (out / MANIFEST_NAME).is_file():
         if read_manifest(out).extra.get("stage_fingerprint") == fingerprint:
             return
@@ -54,13 +59,6 @@ def _clear_other_artefact(out, fingerprint: str) -> None:
 
 def run_teacher_annotate(cfg: DictConfig) -> dict:
     """Annotate (or reuse, or resume); returns the stage metrics and ``reused``."""
-    from lrkd.artefact.ranks import artefact_writer
-    from lrkd.distributed import Ranks
-    from lrkd.teacher.annotate import SentenceEmbedder, annotate_pool
-    from lrkd.teacher.model import inference_model
-    from lrkd.teacher.module import load_trained_teacher
-    from lrkd.teacher.prompts import perspectives_from_config
-
     model_dir, source_fingerprint = _teacher(cfg)
     dm = load_pairs(cfg)
     run = StageRun(cfg, STAGE, STAGE, fingerprint_config(cfg), [source_fingerprint, dm.fingerprint])
@@ -115,6 +113,4 @@ def run_teacher_annotate(cfg: DictConfig) -> dict:
 
 def run(cfg: DictConfig) -> dict:
     """The stage on every rank that ``cfg.trainer`` asks for (:func:`lrkd.distributed.run_on_ranks`)."""
-    from lrkd.distributed import run_on_ranks
-
     return run_on_ranks(cfg, run_teacher_annotate)

@@ -16,9 +16,12 @@ from omegaconf import DictConfig
 
 from lrkd.data.sampler import make_train_loader
 from lrkd.distributed import fitted_global_step, full_parameters, is_zero3
+from lrkd.evaluation.teacher import evaluate_teacher
 from lrkd.stages.base import (CHECKPOINT_FOLDER, StageRun, finish_training, instantiate_group, select_rows,
                               without_logger_callbacks)
 from lrkd.sweep import finish_wandb
+from lrkd.teacher.model import inference_model
+from lrkd.teacher.module import load_trained_teacher
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +91,6 @@ def evaluate_on_test(cfg: DictConfig, model, tokenizer, dm, perspectives, name: 
     labelled test pairs, as ``{"eval/<name>/<metric>": value}``; {} when evaluation is off."""
     if not cfg.stage.get("evaluate", False):
         return {}
-    from lrkd.teacher.annotate import evaluate_teacher
-    from lrkd.teacher.model import inference_model
 
     rows = select_rows(dm.frame, dm.splits, ["test"], cfg.stage.get("eval_max_pairs"), int(cfg.seed))
     rows = rows[dm.frame["label"].to_numpy()[rows] >= 0]
@@ -125,7 +126,6 @@ def fit_save_and_record(cfg: DictConfig, module, data, run: StageRun, ckpt: str 
         finish_training(out_dir, bool(cfg.stage.get("keep_checkpoints", False)))
         model = module.model
         if is_zero3(trainer):  # the in-memory model is partitioned: evaluate the saved one
-            from lrkd.teacher.module import load_trained_teacher
 
             model = load_trained_teacher(cfg.teacher, out_dir / MODEL_FOLDER)[0]
         metrics.update(evaluate_on_test(cfg, model, tokenizer, dm, perspectives, eval_name))

@@ -20,6 +20,11 @@ from lrkd.stages.base import StageRun, fingerprint_config, finish_training, requ
 from lrkd.stages.teacher_common import (MODEL_FOLDER, TrainLoader, evaluate_on_test, fit_save_and_record,
                                         inference_device, load_pairs)
 from lrkd.stages.teacher_sft import optimizer_config
+from lrkd.teacher.examples import (PreferenceCollator, PreferenceDataset, fits, preference_pairs,
+                                   tokenize_prompt_completions, write_examples_jsonl)
+from lrkd.teacher.generate import read_generations
+from lrkd.teacher.module import TeacherDPOModule, load_trained_teacher, precompute_reference_logprobs, save_alias
+from lrkd.teacher.prompts import perspectives_from_config
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +35,6 @@ REFERENCE_FILE = "reference_logps.npz"
 def reference_logprobs(module, dataset, pad_id: int, path: Path, fingerprint: str, batch_size: int):
     """The SFT model's log-probs of the pairs, computed once (before training) and kept in ``path``:
     a resumed run reads them instead of recomputing them from half-trained weights."""
-    from lrkd.teacher.module import precompute_reference_logprobs
-
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:
             if str(z["fingerprint"]) == fingerprint and len(z["chosen"]) == len(dataset):
@@ -46,12 +49,6 @@ def reference_logprobs(module, dataset, pad_id: int, path: Path, fingerprint: st
 
 def run_teacher_dpo(cfg: DictConfig) -> dict:
     """Train with DPO (or reuse); returns the stage metrics and ``reused``."""
-    from lrkd.teacher.examples import (PreferenceCollator, PreferenceDataset, fits, preference_pairs,
-                                       tokenize_prompt_completions, write_examples_jsonl)
-    from lrkd.teacher.generate import read_generations
-    from lrkd.teacher.module import TeacherDPOModule, load_trained_teacher, save_alias
-    from lrkd.teacher.prompts import perspectives_from_config
-
     gen_dir, gen_record = require_finished(cfg, "teacher_generate")
     sft_dir, sft_record = require_finished(cfg, "teacher_sft")
     dm = load_pairs(cfg)

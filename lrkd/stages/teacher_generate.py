@@ -13,7 +13,12 @@ from omegaconf import DictConfig
 
 from lrkd.stages import base
 from lrkd.stages.base import StageRun, select_rows
-from lrkd.stages.teacher_common import load_pairs
+from lrkd.stages.teacher_common import inference_device, load_pairs
+from lrkd.teacher.annotate import GradeScorer
+from lrkd.teacher.backends import OpenAIHTTPBackend, backend_from_config
+from lrkd.teacher.generate import format_stats_table, generate_mpcot
+from lrkd.teacher.model import inference_model, load_teacher, load_teacher_tokenizer
+from lrkd.teacher.prompts import perspectives_from_config
 from lrkd.utils import plain
 
 log = logging.getLogger(__name__)
@@ -52,11 +57,6 @@ def _backend(cfg: DictConfig, grade_names):
     """(backend, tokenizer that renders the prompts or None, label scorer or None). The local
     backend scores missing labels with the same model (two-step extraction, ``stage.two_step_labels``);
     an HTTP backend returns text only, so its samples keep the labels they state."""
-    from lrkd.stages.teacher_common import inference_device
-    from lrkd.teacher.annotate import GradeScorer
-    from lrkd.teacher.backends import OpenAIHTTPBackend, backend_from_config
-    from lrkd.teacher.model import inference_model, load_teacher, load_teacher_tokenizer
-
     if cfg.stage.backend == "local":
         model, tokenizer = load_teacher(cfg.teacher)
         model = inference_model(model.to(inference_device(cfg)), cfg.teacher)
@@ -72,9 +72,6 @@ def _backend(cfg: DictConfig, grade_names):
 
 def run_teacher_generate(cfg: DictConfig) -> dict:
     """Generate (or reuse) the MPCoT samples; returns flat metrics (``<perspective>/<stat>``, ``reused``)."""
-    from lrkd.teacher.generate import format_stats_table, generate_mpcot
-    from lrkd.teacher.prompts import perspectives_from_config
-
     perspectives = perspectives_from_config(cfg.perspective)
     dm = load_pairs(cfg)  # the labelled pairs, without any annotation artefact
     run = StageRun(cfg, STAGE, OUTPUT, fingerprint_config(cfg), [dm.fingerprint])

@@ -16,6 +16,11 @@ from omegaconf import DictConfig
 from lrkd.data.schema import DataError
 from lrkd.stages.base import StageRun, fingerprint_config, require_finished
 from lrkd.stages.teacher_common import TrainLoader, evaluate_on_test, fit_save_and_record, load_pairs
+from lrkd.teacher.examples import (CompletionCollator, CompletionDataset, fits, sft_examples,
+                                   tokenize_prompt_completions, write_examples_jsonl)
+from lrkd.teacher.generate import read_generations
+from lrkd.teacher.module import TeacherSFTModule
+from lrkd.teacher.prompts import perspectives_from_config
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +34,6 @@ def optimizer_config(stage: DictConfig) -> dict:
 
 def run_teacher_sft(cfg: DictConfig) -> dict:
     """Fine-tune (or reuse); returns the stage metrics and ``reused``."""
-    from lrkd.teacher.examples import (CompletionCollator, CompletionDataset, fits, sft_examples,
-                                       tokenize_prompt_completions, write_examples_jsonl)
-    from lrkd.teacher.generate import read_generations
-    from lrkd.teacher.module import TeacherSFTModule
-    from lrkd.teacher.prompts import perspectives_from_config
-
     gen_dir, gen_record = require_finished(cfg, "teacher_generate")
     dm = load_pairs(cfg)
     run = StageRun(cfg, STAGE, STAGE, fingerprint_config(cfg), [gen_record["fingerprint"], dm.fingerprint])

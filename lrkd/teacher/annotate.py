@@ -33,11 +33,12 @@ import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
+from transformers import AutoTokenizer, LogitsProcessorList
 
 from lrkd.artefact import ArtefactWriter
-from lrkd.data.schema import UNLABELLED, LabelSet, text_fields
 from lrkd.data.encode import item_text
-from lrkd.evaluation.metrics import RelevanceMetrics
+from lrkd.data.schema import text_fields
+from lrkd.models import load_encoder, pool, resolve_model_path
 from lrkd.teacher.examples import encode_completions, encode_prompts, left_pad
 from lrkd.teacher.parse import parse_multi
 from lrkd.teacher.prompts import LABEL_PREFIX, Perspective, format_multi_completion, one_line, render_multi_prompt
@@ -106,10 +107,6 @@ class SentenceEmbedder:
     """A frozen sentence encoder: texts -> mean-pooled last hidden states [n, D] float32."""
 
     def __init__(self, name_or_path: str = DEFAULT_SENTENCE_ENCODER, max_length: int = 256, batch_size: int = 64):
-        from transformers import AutoTokenizer
-
-        from lrkd.models import load_encoder, resolve_model_path
-
         self.model = load_encoder(name_or_path=name_or_path).eval()
         self.model.requires_grad_(False)
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
@@ -122,8 +119,6 @@ class SentenceEmbedder:
 
     @torch.no_grad()
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        from lrkd.models import pool
-
         out = []
         device = next(self.model.parameters()).device
         for start in range(0, len(texts), self.batch_size):
@@ -186,8 +181,6 @@ def generate_completions(model, tokenizer, prompt_ids: Sequence[Sequence[int]], 
 
     no_repeat_ngram_size: n > 0 forbids any n-gram of the completion to occur twice in it
     (:class:`CompletionNoRepeatNGram`); greedy decoding of a small teacher otherwise loops on one phrase."""
-    from transformers import LogitsProcessorList
-
     batch = left_pad(prompt_ids, tokenizer.pad_token_id)
     device = _device(model)
     width = batch["input_ids"].shape[1]
@@ -393,42 +386,6 @@ def annotate_pool(model, tokenizer, frame: pd.DataFrame, rows: Sequence[int], pe
     return stats
 
 
-# ------------------------------------------------------------------------------------ evaluating
-def evaluate_teacher(model, tokenizer, frame: pd.DataFrame, rows: Sequence[int], perspectives: Sequence[Perspective],
-                     grade_names: Sequence[str], *, batch_size: int = 8, max_new_tokens: int = 256,
-                     progress: bool = True, max_item_words: int | None = None, calibrate: bool = False,
-                     no_repeat_ngram_size: int = 0) -> dict[str, float]:
-    """The teacher as a classifier on labelled rows: generate, then the argmax of the soft label at
-    the (teacher-forced) label position (calibrated with ``calibrate``, as the annotation's).
-    Returns {macro_f1, qwk, ndcg@10, auc, accuracy, parse_rate, pairs}
-    (:class:`lrkd.evaluation.metrics.RelevanceMetrics`; unlabelled rows are skipped)."""
-    rows = np.asarray([r for r in rows if int(frame["label"].iloc[int(r)]) != UNLABELLED], dtype=np.int64)
-    metrics = RelevanceMetrics(LabelSet(tuple(grade_names)), prefix="")
-    grade_ids = grade_token_ids(tokenizer, grade_names)
-    query_index = pd.factorize(frame["query_id"])[0]
-    parsed = 0
-    was_training = model.training
-    model.eval()
-    try:
-        for b in tqdm(range(0, len(rows), int(batch_size)), desc="evaluate teacher", disable=not progress):
-            batch_rows = rows[b:b + int(batch_size)]
-            prompts = pair_prompts(tokenizer, frame, batch_rows, perspectives, grade_names, max_item_words)
-            out = label_pairs(model, tokenizer, prompts, perspectives, grade_names, max_new_tokens, grade_ids=grade_ids,
-                              calibrate=calibrate, no_repeat_ngram_size=no_repeat_ngram_size)
-            parsed += sum(e is None for e in out.errors)
-            metrics.update(torch.from_numpy(out.soft_labels),
-                           torch.as_tensor(frame["label"].to_numpy()[batch_rows], dtype=torch.long),
-                           torch.as_tensor(query_index[batch_rows], dtype=torch.long))
-    finally:
-        model.train(was_training)
-    if not len(rows):
-        return {"pairs": 0}
-    values = metrics.compute()
-    return {"macro_f1": float(values["macro_f1"]), "qwk": float(values["qwk"]),
-            "ndcg@10": float(values["ndcg@10"]), "auc": float(values["auc"]),
-            "accuracy": float(values["accuracy"]), "parse_rate": parsed / len(rows), "pairs": int(len(rows))}
-
-
 __all__ = ["grade_token_ids", "contextual_calibration", "CompletionNoRepeatNGram", "GradeScorer", "label_prefix",
            "rationale_char_spans", "SentenceEmbedder", "LabelledBatch", "generate_completions", "score_label_position", "label_pairs", "pair_prompts", "AnnotationStats",
-           "annotate_pool", "evaluate_teacher", "LATENT_SOURCES", "DEFAULT_SENTENCE_ENCODER"]
+           "annotate_pool", "LATENT_SOURCES", "DEFAULT_SENTENCE_ENCODER"]

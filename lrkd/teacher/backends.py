@@ -20,6 +20,11 @@ import threading
 import time
 from typing import Any, Mapping, Protocol, runtime_checkable
 
+import torch
+from tqdm.auto import tqdm
+
+from lrkd.teacher.prompts import prompt_add_special_tokens
+
 log = logging.getLogger(__name__)
 
 
@@ -50,8 +55,6 @@ class LocalHFBackend:
 
     def __init__(self, model, tokenizer, batch_size: int = 16, progress: bool = True,
                  generate_kwargs: Mapping | None = None):
-        from lrkd.teacher.prompts import prompt_add_special_tokens
-
         if tokenizer.padding_side != "left":
             raise ValueError("LocalHFBackend needs a left-padding tokenizer (load_teacher sets it)")
         self.model, self.tokenizer = model, tokenizer
@@ -62,9 +65,6 @@ class LocalHFBackend:
 
     def generate(self, prompts: list[str], n: int, temperature: float, max_new_tokens: int,
                  seed: int) -> list[list[str]]:
-        import torch
-        from tqdm.auto import tqdm
-
         sample = float(temperature) > 0
         per_prompt = int(n) if sample else 1
         step = max(1, self.batch_size // per_prompt)
@@ -265,8 +265,6 @@ class OpenAIHTTPBackend:
 
     def generate(self, prompts: list[str], n: int, temperature: float, max_new_tokens: int,
                  seed: int) -> list[list[str]]:
-        from tqdm.auto import tqdm
-
         results: list[list[str] | None] = [None] * len(prompts)
         with concurrent.futures.ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             futures = {pool.submit(self._complete, p, n, temperature, max_new_tokens, derive_seed(seed, i)): i

@@ -17,8 +17,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import numpy as np
+import torch
 from scipy.optimize import minimize
 from scipy.special import expit, log_softmax
+from torchmetrics.functional.classification import multiclass_calibration_error
 
 _EPS = 1e-12
 
@@ -122,9 +124,6 @@ class TemperatureBias:
 
 def expected_calibration_error(probs: np.ndarray, grades: np.ndarray, n_bins: int = 10) -> float:
     """Top-label expected calibration error (torchmetrics ``MulticlassCalibrationError``, l1)."""
-    import torch
-    from torchmetrics.functional.classification import multiclass_calibration_error
-
     p = torch.as_tensor(np.asarray(probs, np.float32))
     return float(multiclass_calibration_error(p, torch.as_tensor(np.asarray(grades, np.int64)),
                                               num_classes=p.shape[1], n_bins=int(n_bins), norm="l1"))

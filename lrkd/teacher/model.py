@@ -15,18 +15,22 @@ Then the tokenizer pads on the left (batched generation) and has a pad token (eo
 """
 from __future__ import annotations
 
+import copy as _copy
 import glob
+import hashlib
 import importlib.util
 import json
 import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from dataclasses import dataclass
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from lrkd.models import resolve_model_path
 
@@ -75,7 +79,6 @@ CONVERTED_MARKER = "lrkd_converted_from.json"
 
 def _plain(cfg) -> dict:
     try:
-        from omegaconf import DictConfig, OmegaConf
         if isinstance(cfg, DictConfig):
             cfg = OmegaConf.to_container(cfg, resolve=True)
     except ImportError:  # pragma: no cover
@@ -120,8 +123,6 @@ def assemble_chunked_gguf(chunks: ChunkedGGUF, target_dir: str | os.PathLike) ->
     temp file renamed into place) and check its size and sha256. Returns the file's path; a record
     of the source, checksum and licence is written beside it. Raises FileNotFoundError naming the
     missing packages, ValueError on a checksum mismatch."""
-    import hashlib
-
     target_dir = Path(target_dir)
     target = target_dir / ASSEMBLED_GGUF
     record_path = target_dir / ASSEMBLED_RECORD
@@ -191,8 +192,6 @@ def convert_gguf(gguf: str, target: str | os.PathLike) -> Path:
     """Dequantize a GGUF checkpoint into a normal Hugging Face directory ``target`` (safetensors,
     config without ``quantization_config``, tokenizer). Atomic: a temp dir next to ``target`` is
     renamed into place. Does nothing when ``target`` already holds a conversion of the same file."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     target = Path(target)
     record = _source_record(gguf)
     marker = target / CONVERTED_MARKER
@@ -262,8 +261,6 @@ def checkpoint_path(cfg: Mapping) -> str | None:
 
 def load_teacher_tokenizer(cfg, path: str | None = None):
     """The teacher's tokenizer alone, left padding, with a pad token (eos when it had none)."""
-    from transformers import AutoTokenizer
-
     cfg = _plain(cfg)
     source = cfg.get("tokenizer") or path or checkpoint_path(cfg)
     if not source:
@@ -279,8 +276,6 @@ def load_teacher_tokenizer(cfg, path: str | None = None):
 
 
 def _model_from_config(cfg: Mapping, tokenizer, dtype: torch.dtype):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     spec = dict(cfg["config"])
     model_type = spec.pop("model_type", None)
     if not model_type:
@@ -314,8 +309,6 @@ def inference_model(model, cfg, copy: bool = False):
     model's dtype already, else ``model`` itself. ``copy=True`` casts a copy (the trained weights
     stay as they are: evaluation between training steps); ``copy=False`` casts ``model`` in place
     (inference-only stages)."""
-    import copy as _copy
-
     name = _plain(cfg)["inference_dtype"]
     if name is None:
         return model
@@ -329,8 +322,6 @@ def load_gguf_tokenizer(cfg, gguf: str):
     """The Hugging Face tokenizer stored in a GGUF file (chat template included), converted once into
     ``<cache_dir>/models/<name>/tokenizer`` (about 15 s for a 150k vocabulary; later loads < 1 s);
     left padding and a pad token as :func:`load_teacher_tokenizer`. ``teacher.tokenizer`` overrides."""
-    from transformers import AutoTokenizer
-
     cfg = _plain(cfg)
     if cfg.get("tokenizer"):
         return load_teacher_tokenizer(cfg, None)
@@ -359,8 +350,6 @@ def load_teacher(cfg) -> tuple[Any, Any]:
     """(model, tokenizer) for a teacher config (a ``conf/teacher/*.yaml`` node or plain dict).
 
     The model is in eval mode on the CPU in ``dtype``; a peft model when ``lora`` is set."""
-    from transformers import AutoModelForCausalLM
-
     cfg = _plain(cfg)
     dtype = torch_dtype(cfg["dtype"])
     path = checkpoint_path(cfg)

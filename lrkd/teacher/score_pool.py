@@ -35,6 +35,17 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from transformers import AutoTokenizer
+
+from lrkd.artefact import ArtefactWriter, iter_shards, read_manifest
+from lrkd.artefact.ranks import artefact_keys
+from lrkd.data.encode import item_text
+from lrkd.data.schema import text_fields
+from lrkd.teacher.annotate import _token_spans, grade_token_ids, label_prefix, rationale_char_spans
+from lrkd.teacher.llama_cpp import LlamaCppRuntime
+from lrkd.teacher.parse import parse_multi
+from lrkd.teacher.prompts import (Perspective, one_line, prompt_add_special_tokens, render_judge_prompt,
+                                  render_multi_prompt)
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +66,6 @@ class PairPrompt:
 def split_prompt(tokenizer, prompt: str) -> tuple[list[int], list[int]]:
     """A rendered multi-perspective prompt -> (shared ids, pair ids): cut before its ``Query:`` line,
     each side tokenized alone (special tokens written by the chat template are parsed as such)."""
-    from lrkd.teacher.prompts import prompt_add_special_tokens
-
     cut = prompt.index("\n" + QUERY_MARK) + 1
     head = tokenizer(prompt[:cut], add_special_tokens=prompt_add_special_tokens(tokenizer))["input_ids"]
     tail = tokenizer(prompt[cut:], add_special_tokens=False)["input_ids"]
@@ -127,16 +136,10 @@ class RationaleReader:
 
     def tokenizer(self):
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
             self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir)
         return self._tokenizer
 
     def __call__(self, runtime, prompt: "PairPrompt") -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
-        from lrkd.teacher.annotate import _token_spans, grade_token_ids, label_prefix, rationale_char_spans
-        from lrkd.teacher.parse import parse_multi
-        from lrkd.teacher.prompts import Perspective, one_line
-
         tok = self.tokenizer()
         perspectives = [Perspective(*p) for p in self.perspectives]
         ids = runtime.generate([prompt.shared], prompt.pair, self.max_new_tokens,
@@ -173,9 +176,6 @@ class ScoreJob:
 
 def _run_job(job: ScoreJob) -> dict:
     """Score ``job.rows`` into the worker's part (resuming its shard numbering); returns stats."""
-    from lrkd.artefact import ArtefactWriter
-    from lrkd.teacher.llama_cpp import LlamaCppRuntime
-
     logging.basicConfig(level=logging.INFO, format=f"[worker {job.worker}] %(asctime)s %(message)s")
     os.environ.setdefault("OMP_NUM_THREADS", str(job.runtime.get("n_threads", 1)))
     writer = ArtefactWriter(job.part_dir, **job.manifest)
@@ -212,8 +212,6 @@ def part_dirs(reads_dir: str | os.PathLike) -> list[Path]:
 
 def remove_foreign_parts(reads_dir: str | os.PathLike, extra: Mapping) -> None:
     """Remove the parts written with another settings record (not resumable)."""
-    from lrkd.artefact import read_manifest
-
     wanted = json.loads(json.dumps(dict(extra), default=str))
     for part in part_dirs(reads_dir):
         try:
@@ -226,8 +224,6 @@ def remove_foreign_parts(reads_dir: str | os.PathLike, extra: Mapping) -> None:
 
 
 def completed_keys(reads_dir: str | os.PathLike) -> set[tuple[str, str]]:
-    from lrkd.artefact.ranks import artefact_keys
-
     keys: set[tuple[str, str]] = set()
     for part in part_dirs(reads_dir):
         keys |= artefact_keys(part)
@@ -284,8 +280,6 @@ class Reads:
 
 def iter_reads(reads_dir: str | os.PathLike) -> Reads | None:
     """All parts' shards of ``reads_dir`` in one :class:`Reads` (None when there is none)."""
-    from lrkd.artefact import iter_shards
-
     keys, soft, latents, rationales = [], [], [], {}
     for part in part_dirs(reads_dir):
         for shard in iter_shards(part):
@@ -303,10 +297,6 @@ def prompts_for_rows(tokenizer, frame, rows: Sequence[int], max_item_words: int 
                      grade_names: Sequence[str] | None = None) -> list[PairPrompt]:
     """:class:`PairPrompt` of each dataset row: the judgement prompt, or with ``perspectives`` the
     multi-perspective annotation prompt (product cut to ``max_item_words``)."""
-    from lrkd.data.schema import text_fields
-    from lrkd.data.encode import item_text
-    from lrkd.teacher.prompts import render_judge_prompt, render_multi_prompt
-
     fields = text_fields(frame)
     records = frame.iloc[list(rows)].to_dict("records")
     if perspectives is None:

@@ -30,6 +30,8 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
     torch.save({"fc.weight": torch.zeros(2, 2)}, files["bare tensors"])
     files["empty"] = tmp_path / "empty.ckpt"
     files["empty"].write_bytes(b"")
+    files["text"] = tmp_path / "pairs.csv"  # e.g. the input file given as --checkpoint by mistake
+    files["text"].write_text("query,item_title\nusb cable,Anker USB-C cable\n")
     return files
 
 

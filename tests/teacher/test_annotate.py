@@ -10,7 +10,9 @@ import torch
 import lrkd.teacher.annotate as annotate_lib
 from lrkd.artefact import ArtefactWriter, load_artefact, read_manifest
 from lrkd.data.schema import dataset_fingerprint
-from lrkd.teacher.annotate import (SentenceEmbedder, annotate_pool, evaluate_teacher, grade_token_ids, label_pairs,
+import lrkd.evaluation.teacher as teacher_evaluation
+from lrkd.evaluation.teacher import evaluate_teacher
+from lrkd.teacher.annotate import (SentenceEmbedder, annotate_pool, grade_token_ids, label_pairs,
                                    label_prefix, pair_prompts)
 from lrkd.teacher.examples import encode_completions, encode_prompts
 from lrkd.teacher.module import load_trained_teacher
@@ -165,7 +167,7 @@ def test_evaluate_teacher_scores_the_soft_label_argmax(teacher, monkeypatch):
                                          [None] * len(prompts), np.tile(np.eye(4, dtype=np.float32)[0], (len(prompts), 1)))
         return out
 
-    monkeypatch.setattr(annotate_lib, "label_pairs", certain)
+    monkeypatch.setattr(teacher_evaluation, "label_pairs", certain)
     result = evaluate_teacher(model, tok, frame, [0, 1, 2, 3], persp, GRADES, batch_size=3, progress=False)
     assert result["accuracy"] == pytest.approx(0.25)
     assert result["macro_f1"] == pytest.approx((2 * 1 * 0.25 / 1.25) / 4)  # F1(perfect) = 0.4, others 0
