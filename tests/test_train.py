@@ -146,7 +146,8 @@ def _fit(cfg, extra_callbacks=(), ckpt_path=None):
     dm = instantiate(cfg.data, seed=cfg.seed, with_augmented_view=needs_view, _recursive_=False)
     dm.setup("fit")
     model = StudentModule(encoder=cfg.student, extractor=cfg.extractor, loss=cfg.loss,
-                          optimizer=cfg.optimizer, scheduler=cfg.scheduler, data_spec=dm.spec.to_dict())
+                          optimizer=cfg.optimizer, scheduler=cfg.scheduler, data_spec=dm.spec.to_dict(),
+                          decision=cfg.get("decision"))
     callbacks = without_logger_callbacks(instantiate_group(cfg.callbacks), [])
     trainer = instantiate(cfg.trainer, callbacks=callbacks + list(extra_callbacks), logger=False)
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
