@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from lrkd.models import resolve_model_path
+from lrkd.utils import plain
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +77,10 @@ DEFAULTS: dict[str, Any] = {
 CONVERTED_MARKER = "lrkd_converted_from.json"
 
 
-def _plain(cfg) -> dict:
-    try:
-        if isinstance(cfg, DictConfig):
-            cfg = OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
+def _teacher_config(cfg) -> dict:
+    """A teacher config (conf/teacher/*.yaml, DictConfig or dict) as a plain dict over DEFAULTS;
+    an unknown key is an error."""
+    cfg = plain(cfg)
     unknown = set(cfg) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"teacher config: unknown key(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
@@ -261,7 +259,7 @@ def checkpoint_path(cfg: Mapping) -> str | None:
 
 def load_teacher_tokenizer(cfg, path: str | None = None):
     """The teacher's tokenizer alone, left padding, with a pad token (eos when it had none)."""
-    cfg = _plain(cfg)
+    cfg = _teacher_config(cfg)
     source = cfg.get("tokenizer") or path or checkpoint_path(cfg)
     if not source:
         raise ValueError("teacher config with 'config' (a model from scratch) needs a 'tokenizer'")
@@ -309,7 +307,7 @@ def inference_model(model, cfg, copy: bool = False):
     model's dtype already, else ``model`` itself. ``copy=True`` casts a copy (the trained weights
     stay as they are: evaluation between training steps); ``copy=False`` casts ``model`` in place
     (inference-only stages)."""
-    name = _plain(cfg)["inference_dtype"]
+    name = _teacher_config(cfg)["inference_dtype"]
     if name is None:
         return model
     dtype = torch_dtype(name)
@@ -322,7 +320,7 @@ def load_gguf_tokenizer(cfg, gguf: str):
     """The Hugging Face tokenizer stored in a GGUF file (chat template included), converted once into
     ``<cache_dir>/models/<name>/tokenizer`` (about 15 s for a 150k vocabulary; later loads < 1 s);
     left padding and a pad token as :func:`load_teacher_tokenizer`. ``teacher.tokenizer`` overrides."""
-    cfg = _plain(cfg)
+    cfg = _teacher_config(cfg)
     if cfg.get("tokenizer"):
         return load_teacher_tokenizer(cfg, None)
     folder = converted_dir(cfg) / "tokenizer"
@@ -338,7 +336,7 @@ def load_gguf_tokenizer(cfg, gguf: str):
 def llama_cpp_source(cfg) -> tuple[str, Any]:
     """(GGUF path, tokenizer) of a ``teacher.runtime=llama_cpp`` teacher: ``gguf_file``, or the
     packaged (possibly chunked) copy of the hub id ``model``."""
-    cfg = _plain(cfg)
+    cfg = _teacher_config(cfg)
     gguf = gguf_source(cfg)
     if gguf is None:
         raise ValueError(f"teacher {cfg.get('name')!r}: runtime=llama_cpp needs a GGUF file: set teacher.gguf_file "
@@ -350,7 +348,7 @@ def load_teacher(cfg) -> tuple[Any, Any]:
     """(model, tokenizer) for a teacher config (a ``conf/teacher/*.yaml`` node or plain dict).
 
     The model is in eval mode on the CPU in ``dtype``; a peft model when ``lora`` is set."""
-    cfg = _plain(cfg)
+    cfg = _teacher_config(cfg)
     dtype = torch_dtype(cfg["dtype"])
     path = checkpoint_path(cfg)
     tokenizer = load_teacher_tokenizer(cfg, path)

@@ -26,12 +26,11 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import lightning as L
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -41,17 +40,12 @@ from lrkd.losses.lm import completion_logprobs, completion_nll
 from lrkd.teacher.examples import PreferenceCollator, PreferenceDataset
 from lrkd.optim import configure
 from lrkd.teacher.model import apply_lora, load_teacher, save_pretrained_atomically
+from lrkd.utils import plain
 
 log = logging.getLogger(__name__)
 
 MODEL_RECORD = "lrkd_teacher.json"
 MODEL_KINDS = ("full", "adapter", "alias")
-
-
-def _plain(cfg: Any) -> Any:
-    if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return cfg
 
 
 def is_peft_model(model) -> bool:
@@ -112,14 +106,14 @@ def _merged_teacher(cfg: dict, model_dir: str | os.PathLike | None):
 def load_trained_teacher(teacher: Mapping, model_dir: str | os.PathLike | None = None):
     """(model, tokenizer) of a teacher written by :func:`save_teacher` (the base teacher when
     ``model_dir`` is None), adapters merged, in eval mode, for inference."""
-    model, tokenizer = _merged_teacher(dict(_plain(teacher)), model_dir)
+    model, tokenizer = _merged_teacher(dict(plain(teacher)), model_dir)
     return model.eval(), tokenizer
 
 
 def trainable_teacher(teacher: Mapping, init_from: str | os.PathLike | None = None):
     """(model, tokenizer) to train: the base teacher or ``init_from`` (merged), wrapped with a fresh
     LoRA adapter when ``teacher.lora`` is set, gradient checkpointing when configured."""
-    cfg = dict(_plain(teacher))
+    cfg = dict(plain(teacher))
     if init_from is None:
         return load_teacher(cfg)
     model, tokenizer = _merged_teacher(cfg, init_from)
@@ -177,7 +171,7 @@ class _TeacherModule(L.LightningModule):
 
     def __init__(self, teacher: dict, optimizer: dict, init_from: str | None = None, **extra):
         super().__init__()
-        teacher, optimizer = _plain(teacher), _plain(optimizer)
+        teacher, optimizer = plain(teacher), plain(optimizer)
         init_from = str(init_from) if init_from is not None else None
         self.save_hyperparameters({"teacher": teacher, "optimizer": optimizer, "init_from": init_from, **extra})
         self.model, self.tokenizer = trainable_teacher(teacher, init_from)
