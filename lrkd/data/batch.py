@@ -14,6 +14,7 @@ Always present
 
 Present when a teacher artefact is attached (rows without an annotation are masked by ``annotated``)
     annotated        [B]       bool
+    has_rationale    [B]       bool   annotated and carrying a rationale (the augmented view's rows)
     teacher_probs    [B, C]    float  soft labels p_T(y|x) (uniform where not annotated)
     latent_targets   [B, K, D] float  e_k (zeros where not annotated)
 

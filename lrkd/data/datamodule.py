@@ -47,8 +47,8 @@ class PairDataset(Dataset):
 
     tokens:      standard view of ALL rows of the dataset (indexed by row).
     labels, relevance, query_index: [N_all] per-row arrays.
-    annotations: optional {"annotated" [N_all] bool, "teacher_probs" [N_all, C] float32,
-                 "latent_targets" [N_all, K, D] float32} (indexed by row).
+    annotations: optional {"annotated" [N_all] bool, "has_rationale" [N_all] bool, "teacher_probs"
+                 [N_all, C] float32, "latent_targets" [N_all, K, D] float32} (indexed by row).
     aug_tokens:  optional augmented view of THIS split's pairs (indexed by j, not by row).
     """
 
@@ -100,6 +100,8 @@ class PairCollator:
         first = items[0] if items else {}
         if "annotated" in first:
             batch["annotated"] = torch.tensor(np.array([it["annotated"] for it in items], dtype=bool))
+            if "has_rationale" in first:
+                batch["has_rationale"] = torch.tensor(np.array([it["has_rationale"] for it in items], dtype=bool))
             batch["teacher_probs"] = torch.from_numpy(np.stack([it["teacher_probs"] for it in items]).astype(np.float32))
             batch["latent_targets"] = torch.from_numpy(np.stack([it["latent_targets"] for it in items]).astype(np.float32))
         if AUG_PREFIX + "input_ids" in first:
@@ -317,7 +319,11 @@ class RelevanceDataModule(L.LightningDataModule):
         annotated = np.asarray(aligned.annotated, dtype=bool)
         rationales = [artefact_lib.format_rationales(aligned.rationales[i], perspectives) if annotated[i] else ""
                       for i in range(len(df))]
-        arrays = {"annotated": annotated,
+        # an annotated row may carry no rationale (a teacher that wrote rationales for a subset only):
+        # the reasoning-augmented view and the terms that read it skip such rows
+        has_rationale = annotated & np.array([any(str(t).strip() for t in aligned.rationales[i].values())
+                                              if annotated[i] else False for i in range(len(df))], dtype=bool)
+        arrays = {"annotated": annotated, "has_rationale": has_rationale,
                   "teacher_probs": np.asarray(aligned.soft_labels, dtype=np.float32),
                   "latent_targets": np.asarray(aligned.latents, dtype=np.float32)}
         return arrays, perspectives, int(ann.manifest.vector_dim), rationales

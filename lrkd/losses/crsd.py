@@ -45,7 +45,8 @@ def crsd_losses(pooled: Tensor, aug_pooled: Tensor, logits: Tensor, aug_logits: 
 
 
 class CRSDTerm(ClassWeighted, LossTerm):
-    """CRSD over the annotated rows (those whose augmented view carries the teacher's rationales).
+    """CRSD over the rows whose augmented view carries the teacher's rationales (``has_rationale``;
+    ``annotated`` when the batch has no such key).
 
     ``loss = contrastive_weight · contrastive + kl_weight · kl + aug_ce_weight · aug_ce``;
     the three sub-terms are logged unweighted. class_weight (null, ``balanced`` or [C]) weights the
@@ -69,7 +70,8 @@ class CRSDTerm(ClassWeighted, LossTerm):
         self.stop_gradient = bool(stop_gradient)
 
     def forward(self, out: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        annotated = self.batch_annotation(batch, "annotated")
+        # rows whose augmented view carries a rationale (an artefact may hold rationales for a subset)
+        annotated = batch["has_rationale"] if "has_rationale" in batch else self.batch_annotation(batch, "annotated")
         parts = crsd_losses(
             pooled=self.output(out, "pooled", "the student module must return the pooled vector"),
             aug_pooled=self.output(out, "aug_pooled", _AUG_VIEW_FIX),

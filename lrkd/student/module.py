@@ -145,11 +145,12 @@ class StudentModule(L.LightningModule):
         return out
 
     def _augmented_features(self, batch: dict, h: torch.Tensor, logits: torch.Tensor):
-        """(h⁺ [B, H], logits⁺ [B, C]) of the reasoning-augmented view, encoded for the annotated rows
-        only (``batch["annotated"]``; every row when absent) and trimmed to their longest sequence.
-        Rows without a rationale get zeros: every loss term that reads the view masks them out."""
+        """(h⁺ [B, H], logits⁺ [B, C]) of the reasoning-augmented view, encoded for the rows with a
+        rationale only (``batch["has_rationale"]``, else ``batch["annotated"]``; every row when both are
+        absent) and trimmed to their longest sequence. Rows without a rationale get zeros: every loss
+        term that reads the view masks them out."""
         inputs = [batch.get(AUG_PREFIX + k) for k in INPUT_KEYS]
-        annotated = batch.get("annotated")
+        annotated = batch.get("has_rationale", batch.get("annotated"))
         if annotated is None or bool(annotated.all()):
             aug_h, _, aug_logits = self.student.features(*inputs)
             return aug_h, aug_logits

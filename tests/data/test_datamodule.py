@@ -17,7 +17,7 @@ LABELS = {"names": ["exact", "partial", "irrelevant"]}
 SPLIT = {"train": 0.6, "val": 0.2, "test": 0.2, "seed": 3}
 PERSPECTIVES = ("user_intent", "structured_analysis", "business_rules")
 CONTRACT = {"input_ids", "attention_mask", "token_type_ids", "labels", "relevance", "query_index", "pair_index"}
-ANNOTATION_KEYS = {"annotated", "teacher_probs", "latent_targets"}
+ANNOTATION_KEYS = {"annotated", "has_rationale", "teacher_probs", "latent_targets"}
 AUG_KEYS = {"aug_input_ids", "aug_attention_mask", "aug_token_type_ids"}
 
 
@@ -177,9 +177,30 @@ def test_annotations_reach_train_batches_only(tmp_path):
             np.testing.assert_allclose(batch["teacher_probs"][i].numpy(), [1 / 3] * 3)
             assert not batch["latent_targets"][i].any()
     assert batch["annotated"].any() and not batch["annotated"].all()
+    assert torch.equal(batch["has_rationale"], batch["annotated"])  # every annotated row has its texts
     for loader in (dm.val_dataloader(), dm.test_dataloader()):
         for batch in loader:
             assert set(batch) == CONTRACT  # the teacher's outputs never reach evaluation
+
+
+def test_annotated_rows_with_empty_rationales_have_no_rationale(tmp_path):
+    df = make_frame()
+    rows = list(range(0, len(df), 2))
+    rng = np.random.default_rng(0)
+    writer = ArtefactWriter(tmp_path / "artefact", teacher_id="fake-teacher", perspectives=PERSPECTIVES,
+                            label_names=LABELS["names"], vector_dim=4, dataset_fingerprint=dataset_fingerprint(df))
+    texts = {p: [f"{p} on {r}" if r % 4 == 0 else "" for r in rows] for p in PERSPECTIVES}  # half of them empty
+    texts["business_rules"][1] = "  "  # blank counts as empty
+    writer.write_shard(0, df["query_id"].iloc[rows].tolist(), df["item_id"].iloc[rows].tolist(), texts,
+                       rng.dirichlet(np.ones(3), size=len(rows)).astype(np.float32),
+                       rng.normal(size=(len(rows), len(PERSPECTIVES), 4)).astype(np.float32))
+    writer.finalize()
+    dm = make_dm(tmp_path, frame=df, annotations=str(tmp_path / "artefact"), batch_size=64)
+    dm.setup()
+    (batch,) = all_batches(dm.train_dataloader())
+    for i, row in enumerate(batch["pair_index"].tolist()):
+        assert bool(batch["annotated"][i]) == (row % 2 == 0)
+        assert bool(batch["has_rationale"][i]) == (row % 4 == 0)
 
 
 def test_augmented_view_on_train_batches(tmp_path):

@@ -69,3 +69,26 @@ def test_no_annotated_row_skips_the_second_encoder_pass():
     with torch.no_grad():
         out = model(batch, with_augmented_view=True)
     assert shapes == [(3, 7)] and out["aug_logits"].abs().sum() == 0
+
+
+def test_annotated_rows_without_a_rationale_are_left_out_of_the_view_and_of_crsd():
+    """A teacher that wrote rationales for a subset: annotated rows with no rationale (has_rationale
+    False) give CRSD what the same rows give when they are not annotated at all."""
+    model = _module()
+    annotated = torch.ones(6, dtype=torch.bool)
+    with_text = torch.tensor([True, False, True, False, True, True])
+    subset = dict(_batch(annotated.tolist()), has_rationale=with_text)
+    reference = _batch(with_text.tolist())
+    shapes = []
+    model.student.encoder.register_forward_pre_hook(lambda m, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)),
+                                            with_kwargs=True)
+    with torch.no_grad():
+        out_subset = model(subset, with_augmented_view=True)
+        out_reference = model(reference, with_augmented_view=True)
+    assert shapes[1] == (4, 12)  # the 4 rows with a rationale, not the 6 annotated ones
+    assert out_subset["aug_pooled"][[1, 3]].abs().sum() == 0
+    loss_subset, _ = model.loss_fn(out_subset, subset)
+    loss_reference, _ = model.loss_fn(out_reference, reference)
+    torch.testing.assert_close(loss_subset, loss_reference, atol=1e-6, rtol=1e-6)
+    loss_all, _ = model.loss_fn(out_subset, _batch(annotated.tolist()))  # the empty views counted: another value
+    assert not torch.allclose(loss_all, loss_subset)
