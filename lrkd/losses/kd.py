@@ -52,14 +52,20 @@ class KDTerm(ClassWeighted, LossTerm):
     """KD from ``batch["teacher_probs"]`` onto ``out["logits"]`` over the annotated rows.
 
     class_weight: null (default), ``balanced`` or [C] weights w: a row weighs its expected class
-    weight under the teacher, w_b = sum_c p_T(c|b)·w_c (defined on unlabelled pool rows too)."""
+    weight under the teacher, w_b = sum_c p_T(c|b)·w_c (defined on unlabelled pool rows too).
+    rows: ``all`` (default) the annotated rows; ``unlabelled`` only those without a gold label (the
+    transfer pool: distil where the student has no grade of its own); ``labelled`` only those with one."""
 
     needs_annotations = True
+    ROWS = ("all", "unlabelled", "labelled")
 
-    def __init__(self, weight: float = 1.0, temperature: float = 2.0, class_weight=None):
+    def __init__(self, weight: float = 1.0, temperature: float = 2.0, class_weight=None, rows: str = "all"):
         super().__init__(weight)
         self.temperature = float(temperature)
         self._init_class_weight(class_weight)
+        if rows not in self.ROWS:
+            raise ValueError(f"kd: rows must be one of {self.ROWS}, got {rows!r}")
+        self.rows = rows
 
     def forward(self, out: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         teacher_probs = self.batch_annotation(batch, "teacher_probs")
@@ -67,8 +73,12 @@ class KDTerm(ClassWeighted, LossTerm):
         logits = self.output(out, "logits", "the student module must return classifier logits")
         w = self.class_weights()
         row_weights = None if w is None else teacher_probs.float() @ w.to(teacher_probs.device)
-        return {"loss": kd_loss(logits, teacher_probs, self.temperature, mask=annotated.to(torch.bool),
-                                row_weights=row_weights)}
+        mask = annotated.to(torch.bool)
+        if self.rows != "all":
+            labelled = batch["labels"].to(mask.device) >= 0
+            mask = mask & (labelled if self.rows == "labelled" else ~labelled)
+        return {"loss": kd_loss(logits, teacher_probs, self.temperature, mask=mask, row_weights=row_weights)}
 
     def extra_repr(self) -> str:
-        return f"weight={self.weight}, temperature={self.temperature}, class_weight={self.class_weight}"
+        return (f"weight={self.weight}, temperature={self.temperature}, class_weight={self.class_weight}, "
+                f"rows={self.rows}")

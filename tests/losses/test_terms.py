@@ -172,3 +172,20 @@ def test_invalid_compositions_are_rejected():
         WeightedLoss({"ce": CETerm(weight=0)})
     with pytest.raises(TypeError, match="'ce'"):
         WeightedLoss({"ce": torch.nn.Linear(2, 2)})
+
+
+def test_kd_term_rows_unlabelled_distils_the_pool_rows_only():
+    """rows=unlabelled: the annotated rows without a gold label (row 2 of 4); labelled: row 0."""
+    out, batch = make_out_batch()
+    logits, teacher = out["logits"], batch["teacher_probs"]
+
+    def kl_row(i, t=2.0):
+        p = torch.softmax(teacher[i].log() / t, -1)
+        q = torch.log_softmax(logits[i] / t, -1)
+        return float((p * (p.log() - q)).sum()) * t * t
+
+    assert KDTerm(rows="unlabelled")(out, batch)["loss"].item() == pytest.approx(kl_row(2), rel=1e-5)
+    assert KDTerm(rows="labelled")(out, batch)["loss"].item() == pytest.approx(kl_row(0), rel=1e-5)
+    assert KDTerm()(out, batch)["loss"].item() == pytest.approx((kl_row(0) + kl_row(2)) / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="rows must be one of"):
+        KDTerm(rows="pool")
