@@ -17,11 +17,12 @@ from omegaconf import DictConfig
 from lrkd.data.sampler import make_train_loader
 from lrkd.distributed import fitted_global_step, full_parameters, is_zero3
 from lrkd.evaluation.teacher import evaluate_teacher
-from lrkd.stages.base import (CHECKPOINT_FOLDER, StageRun, finish_training, instantiate_group, select_rows,
-                              without_logger_callbacks)
+from lrkd.stages.base import (CHECKPOINT_FOLDER, OPERATIONAL_KEYS, StageRun, finish_training, instantiate_group,
+                              require_finished, select_rows, without_logger_callbacks)
 from lrkd.sweep import finish_wandb
 from lrkd.teacher.model import inference_model
 from lrkd.teacher.module import load_trained_teacher
+from lrkd.utils import plain
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,31 @@ def load_pairs(cfg: DictConfig):
     dm = instantiate(cfg.data, seed=cfg.seed, annotations=None, _recursive_=False)
     dm.setup("fit")
     return dm
+
+
+INIT_SOURCES = ("base", "dapt")
+
+
+def init_teacher(cfg: DictConfig) -> tuple[Path | None, str]:
+    """Where a stage's teacher starts (``stage.init_from``): ``base`` -> (None, "base"); ``dapt`` ->
+    (``<work_dir>/dapt/model``, the teacher_dapt stage's fingerprint)."""
+    source = str(cfg.stage.get("init_from", "base"))
+    if source not in INIT_SOURCES:
+        raise ValueError(f"stage.init_from must be one of {INIT_SOURCES}, got {source!r}")
+    if source == "base":
+        return None, "base"
+    folder, record = require_finished(cfg, "teacher_dapt")
+    return folder / MODEL_FOLDER, record["fingerprint"]
+
+
+def stage_without_defaults(cfg: DictConfig, **defaults) -> dict:
+    """``cfg.stage`` without the operational keys, and without the given keys where they hold their
+    default value (a setting added later leaves the fingerprints of earlier runs unchanged)."""
+    stage = {k: v for k, v in plain(cfg.stage).items() if k not in OPERATIONAL_KEYS}
+    for key, value in defaults.items():
+        if stage.get(key, value) == value:
+            stage.pop(key, None)
+    return stage
 
 
 # ------------------------------------------------------------------------------------ training
@@ -104,10 +130,11 @@ def evaluate_on_test(cfg: DictConfig, model, tokenizer, dm, perspectives, name: 
 
 
 def fit_save_and_record(cfg: DictConfig, module, data, run: StageRun, ckpt: str | None, *, metrics: dict, tokenizer,
-                        dm, perspectives, eval_name: str) -> dict:
-    """The shared tail of the SFT and DPO stages: fit ``module`` on ``data`` (resuming from
-    ``ckpt``), save the trained teacher into ``<run.out>/model``, score it on the test split, and
-    write the stage record. Returns the stage's metrics with ``reused: False``."""
+                        dm, perspectives, eval_name: str, after=None) -> dict:
+    """The shared tail of the DAPT, SFT and DPO stages: fit ``module`` on ``data`` (resuming from
+    ``ckpt``), save the trained teacher into ``<run.out>/model``, score it on the test split (and
+    with ``after(model) -> dict`` when given), and write the stage record. Returns the stage's
+    metrics with ``reused: False``."""
     out_dir = run.out
     trainer = build_trainer(cfg, out_dir, int(cfg.stage.epochs))
     try:
@@ -128,6 +155,8 @@ def fit_save_and_record(cfg: DictConfig, module, data, run: StageRun, ckpt: str 
         if is_zero3(trainer):  # the in-memory model is partitioned: evaluate the saved one
 
             model = load_trained_teacher(cfg.teacher, out_dir / MODEL_FOLDER)[0]
+        if after is not None:
+            metrics.update(after(model))
         metrics.update(evaluate_on_test(cfg, model, tokenizer, dm, perspectives, eval_name))
         run.record(metrics)
         log.info("%s: %s", run.name, metrics)
