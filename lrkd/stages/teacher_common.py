@@ -6,6 +6,7 @@ stage folder, resumed after a kill), and the teacher's evaluation on the test sp
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import lightning as L
@@ -70,6 +71,13 @@ class TrainLoader(L.LightningDataModule):
     def __init__(self, dataset, batch_size: int, collate_fn, seed: int):
         super().__init__()
         self.dataset, self.batch_size, self.collate_fn, self.seed = dataset, int(batch_size), collate_fn, int(seed)
+
+    @property
+    def num_train_batches(self) -> int:
+        """Optimizer steps per epoch before accumulation, per process (each rank reads ceil(N / world)
+        items): the LR schedule's length without building the loader before a checkpoint restore."""
+        world = max(int(getattr(self.trainer, "world_size", 1) or 1), 1) if self.trainer is not None else 1
+        return math.ceil(math.ceil(len(self.dataset) / world) / self.batch_size)
 
     def train_dataloader(self):
         return make_train_loader(self.dataset, batch_size=self.batch_size, collate_fn=self.collate_fn,

@@ -8,8 +8,9 @@ Corpus (:func:`build_corpus`), one document per text:
     queries  the queries of the TRAIN split only: no val/test query ever reaches the corpus
     files    further text files: ``.txt`` (one document per non-empty line), ``.jsonl`` / tables
              with a ``text`` column
-A seeded share of the item ids (``heldout_fraction``) is kept out of training: their texts are the
-perplexity set (before and after DAPT).
+Item texts are deduplicated (items of different ids with one text are one document); a seeded share
+of the distinct texts (``heldout_fraction``) is kept out of training: the perplexity set (before and
+after DAPT), never seen in training even under another item id.
 
 Packing (:func:`pack_blocks`): each document's tokens then eos, all concatenated, cut into blocks of
 exactly ``block_size`` tokens (the tail shorter than a block is dropped): no padding, every token
@@ -54,9 +55,9 @@ class Corpus:
                 "heldout_items": len(self.heldout)}
 
 
-def _is_heldout(item_id: str, fraction: float, seed: int) -> bool:
-    """A stable, seeded draw per item id (the same item is held out in every file)."""
-    h = int(hashlib.sha256(f"{seed}:{item_id}".encode()).hexdigest()[:12], 16)
+def _is_heldout(text: str, fraction: float, seed: int) -> bool:
+    """A stable, seeded draw per item text (the same item is held out whichever file holds it)."""
+    h = int(hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()[:12], 16)
     return h / float(16 ** 12) < float(fraction)
 
 
@@ -109,8 +110,8 @@ def build_corpus(frame: pd.DataFrame, train_rows: Sequence[int], *, files: Seque
             texts.setdefault(k, v)
         extra += docs
     corpus = Corpus(files=extra)
-    for item_id in sorted(texts):
-        (corpus.heldout if _is_heldout(item_id, heldout_fraction, seed) else corpus.items).append(texts[item_id])
+    for text in sorted(set(texts.values())):  # one document per distinct text: a duplicate never leaks
+        (corpus.heldout if _is_heldout(text, heldout_fraction, seed) else corpus.items).append(text)
     if queries:
         train = frame.iloc[np.asarray(train_rows, dtype=np.int64)]
         corpus.queries = sorted({str(q).strip() for q in train["query"] if str(q).strip()})
