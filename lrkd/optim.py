@@ -19,6 +19,7 @@ AdamW with a linear warm-up (:func:`as_partials`).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -141,5 +142,24 @@ def configure(module, named_parameters: Iterable[tuple[str, torch.nn.Parameter]]
     return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-__all__ = ["configure", "as_partials", "build_optimizer", "parameter_groups", "no_weight_decay",
+def total_training_steps(trainer) -> int:
+    """Optimizer steps of the whole fit, for the LR schedule.
+
+    Computed from the data module's ``num_train_batches`` (per process, before accumulation) rather
+    than ``trainer.estimated_stepping_batches``: that property builds the train loader before a
+    checkpoint is restored, and the loader must be built after the restore to resume mid-epoch at
+    the right batch (:func:`lrkd.data.sampler.make_train_loader`). Falls back to the property when
+    the data module has no such count (or under fast_dev_run / unbounded epochs)."""
+    t = trainer
+    if t.max_steps is not None and t.max_steps > 0:
+        return int(t.max_steps)
+    n = getattr(t.datamodule, "num_train_batches", None)
+    if n is None or t.fast_dev_run or t.max_epochs is None or t.max_epochs < 0:
+        return max(int(t.estimated_stepping_batches), 1)
+    limit = t.limit_train_batches
+    n = min(n, limit) if isinstance(limit, int) else int(n * float(limit))
+    return max(1, math.ceil(n / t.accumulate_grad_batches) * t.max_epochs)
+
+
+__all__ = ["total_training_steps", "configure", "as_partials", "build_optimizer", "parameter_groups", "no_weight_decay",
            "linear_warmup_schedule", "cosine_warmup_schedule", "constant_warmup_schedule", "offloads_optimizer"]

@@ -45,10 +45,10 @@ STAGE_RECORD = "stage.json"
 CHECKPOINT_FOLDER = "checkpoints"
 RUNNING_RECORD = "running.json"
 # stage name -> its folder under stage.work_dir
-STAGE_FOLDERS = {"teacher_generate": "generations", "teacher_sft": "sft", "teacher_dpo": "dpo",
-                 "teacher_annotate": "annotations"}
+STAGE_FOLDERS = {"teacher_dapt": "dapt", "teacher_generate": "generations", "teacher_sft": "sft",
+                 "teacher_reward": "reward", "teacher_dpo": "dpo", "teacher_annotate": "annotations"}
 # stage settings that change where or how robustly a stage runs, not its result
-OPERATIONAL_KEYS = ("work_dir", "device", "checkpoint_every_n_steps", "keep_checkpoints")
+OPERATIONAL_KEYS = ("work_dir", "device", "checkpoint_every_n_steps", "keep_checkpoints", "enabled")
 # trainer settings that change what a training stage trains (logging and paths do not)
 TRAINER_KEYS = ("precision", "accumulate_grad_batches", "gradient_clip_val", "max_steps", "limit_train_batches",
                 "fast_dev_run", "accelerator", "devices", "strategy", "deterministic")

@@ -1,6 +1,10 @@
 """The pipeline stage (``experiment=pipeline``): every stage of the method in order, in one process.
 
-    teacher_generate -> teacher_sft -> teacher_dpo -> teacher_annotate -> student
+    [teacher_dapt] -> teacher_generate -> teacher_sft -> [teacher_reward] -> teacher_dpo -> teacher_annotate -> student
+
+teacher_dapt runs when ``stage.dapt.enabled``; then the sub-stages whose ``init_from`` is ``auto``
+(generate, sft) start from the DAPT model, else from the base teacher. teacher_reward runs when
+``stage.dpo.pairs=reward`` (DPO trains on its pairs) or ``stage.reward.enabled``.
 
 Each sub-stage runs with ``cfg.stage`` = its own node of the pipeline config (``stage.generate``,
 ``stage.sft``, ``stage.dpo``, ``stage.annotate``, ``stage.student``; resolved against the
@@ -24,8 +28,31 @@ from lrkd.stages import get_stage
 log = logging.getLogger(__name__)
 
 # (key in the pipeline config, stage name), in running order
-STEPS = (("generate", "teacher_generate"), ("sft", "teacher_sft"), ("dpo", "teacher_dpo"),
-         ("annotate", "teacher_annotate"), ("student", "student"))
+STEPS = (("dapt", "teacher_dapt"), ("generate", "teacher_generate"), ("sft", "teacher_sft"),
+         ("reward", "teacher_reward"), ("dpo", "teacher_dpo"), ("annotate", "teacher_annotate"), ("student", "student"))
+OPTIONAL = ("dapt", "reward")  # steps that run only when asked for (see :func:`enabled`)
+
+
+def enabled(cfg: DictConfig, key: str) -> bool:
+    """Whether the pipeline runs step ``key``: the optional ones only when enabled (reward also when
+    DPO reads its pairs); a step without a node in the pipeline config is skipped."""
+    if key not in cfg.stage:
+        if key in OPTIONAL:
+            return False
+        raise KeyError(f"the pipeline config has no stage.{key} (expected keys {[k for k, _ in STEPS]})")
+    if key == "dapt":
+        return bool(cfg.stage.dapt.get("enabled", False))
+    if key == "reward":
+        return bool(cfg.stage.reward.get("enabled", False)) or str(cfg.stage.dpo.get("pairs", "conflict")) == "reward"
+    return True
+
+
+def init_from(cfg: DictConfig, key: str) -> str | None:
+    """``dapt`` or ``base`` for a sub-stage whose ``init_from`` is ``auto`` (None: leave it)."""
+    value = cfg.stage[key].get("init_from") if key in cfg.stage else None
+    if value != "auto":
+        return None
+    return "dapt" if enabled(cfg, "dapt") else "base"
 
 
 def sub_stage_config(cfg: DictConfig, key: str, output_dir: Path, **overrides) -> DictConfig:
@@ -51,7 +78,11 @@ def run_pipeline(cfg: DictConfig) -> dict:
     results: dict[str, dict] = {}
     artefact = None
     for key, stage in STEPS:
+        if not enabled(cfg, key):
+            continue
         overrides = {"data.annotations": artefact} if stage == "student" else {}
+        if (source := init_from(cfg, key)) is not None:
+            overrides["stage.init_from"] = source
         sub = sub_stage_config(cfg, key, output_dir / key, **overrides)
         if sub.stage.name != stage:
             raise ValueError(f"stage.{key} must configure the {stage} stage, got name={sub.stage.name!r}")

@@ -6,6 +6,7 @@ stage folder, resumed after a kill), and the teacher's evaluation on the test sp
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import lightning as L
@@ -17,11 +18,12 @@ from omegaconf import DictConfig
 from lrkd.data.sampler import make_train_loader
 from lrkd.distributed import fitted_global_step, full_parameters, is_zero3
 from lrkd.evaluation.teacher import evaluate_teacher
-from lrkd.stages.base import (CHECKPOINT_FOLDER, StageRun, finish_training, instantiate_group, select_rows,
-                              without_logger_callbacks)
+from lrkd.stages.base import (CHECKPOINT_FOLDER, OPERATIONAL_KEYS, StageRun, finish_training, instantiate_group,
+                              require_finished, select_rows, without_logger_callbacks)
 from lrkd.sweep import finish_wandb
 from lrkd.teacher.model import inference_model
 from lrkd.teacher.module import load_trained_teacher
+from lrkd.utils import plain
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,31 @@ def load_pairs(cfg: DictConfig):
     return dm
 
 
+INIT_SOURCES = ("base", "dapt")
+
+
+def init_teacher(cfg: DictConfig) -> tuple[Path | None, str]:
+    """Where a stage's teacher starts (``stage.init_from``): ``base`` -> (None, "base"); ``dapt`` ->
+    (``<work_dir>/dapt/model``, the teacher_dapt stage's fingerprint)."""
+    source = str(cfg.stage.get("init_from", "base"))
+    if source not in INIT_SOURCES:
+        raise ValueError(f"stage.init_from must be one of {INIT_SOURCES}, got {source!r}")
+    if source == "base":
+        return None, "base"
+    folder, record = require_finished(cfg, "teacher_dapt")
+    return folder / MODEL_FOLDER, record["fingerprint"]
+
+
+def stage_without_defaults(cfg: DictConfig, **defaults) -> dict:
+    """``cfg.stage`` without the operational keys, and without the given keys where they hold their
+    default value (a setting added later leaves the fingerprints of earlier runs unchanged)."""
+    stage = {k: v for k, v in plain(cfg.stage).items() if k not in OPERATIONAL_KEYS}
+    for key, value in defaults.items():
+        if stage.get(key, value) == value:
+            stage.pop(key, None)
+    return stage
+
+
 # ------------------------------------------------------------------------------------ training
 class TrainLoader(L.LightningDataModule):
     """Serves one dataset as the training loader, built after a checkpoint restore so that a resumed
@@ -44,6 +71,13 @@ class TrainLoader(L.LightningDataModule):
     def __init__(self, dataset, batch_size: int, collate_fn, seed: int):
         super().__init__()
         self.dataset, self.batch_size, self.collate_fn, self.seed = dataset, int(batch_size), collate_fn, int(seed)
+
+    @property
+    def num_train_batches(self) -> int:
+        """Optimizer steps per epoch before accumulation, per process (each rank reads ceil(N / world)
+        items): the LR schedule's length without building the loader before a checkpoint restore."""
+        world = max(int(getattr(self.trainer, "world_size", 1) or 1), 1) if self.trainer is not None else 1
+        return math.ceil(math.ceil(len(self.dataset) / world) / self.batch_size)
 
     def train_dataloader(self):
         return make_train_loader(self.dataset, batch_size=self.batch_size, collate_fn=self.collate_fn,
@@ -104,10 +138,11 @@ def evaluate_on_test(cfg: DictConfig, model, tokenizer, dm, perspectives, name: 
 
 
 def fit_save_and_record(cfg: DictConfig, module, data, run: StageRun, ckpt: str | None, *, metrics: dict, tokenizer,
-                        dm, perspectives, eval_name: str) -> dict:
-    """The shared tail of the SFT and DPO stages: fit ``module`` on ``data`` (resuming from
-    ``ckpt``), save the trained teacher into ``<run.out>/model``, score it on the test split, and
-    write the stage record. Returns the stage's metrics with ``reused: False``."""
+                        dm, perspectives, eval_name: str, after=None) -> dict:
+    """The shared tail of the DAPT, SFT and DPO stages: fit ``module`` on ``data`` (resuming from
+    ``ckpt``), save the trained teacher into ``<run.out>/model``, score it on the test split (and
+    with ``after(model) -> dict`` when given), and write the stage record. Returns the stage's
+    metrics with ``reused: False``."""
     out_dir = run.out
     trainer = build_trainer(cfg, out_dir, int(cfg.stage.epochs))
     try:
@@ -128,6 +163,8 @@ def fit_save_and_record(cfg: DictConfig, module, data, run: StageRun, ckpt: str 
         if is_zero3(trainer):  # the in-memory model is partitioned: evaluate the saved one
 
             model = load_trained_teacher(cfg.teacher, out_dir / MODEL_FOLDER)[0]
+        if after is not None:
+            metrics.update(after(model))
         metrics.update(evaluate_on_test(cfg, model, tokenizer, dm, perspectives, eval_name))
         run.record(metrics)
         log.info("%s: %s", run.name, metrics)

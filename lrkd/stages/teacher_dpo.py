@@ -1,4 +1,6 @@
-"""The teacher_dpo stage: preference optimisation of the SFT teacher on conflict samples.
+"""The teacher_dpo stage: preference optimisation of the SFT teacher on conflict samples
+(``stage.pairs=conflict``) or on the multi-dimensional reward's best/worst pairs
+(``stage.pairs=reward``: ``<work_dir>/reward/pairs.jsonl`` of the teacher_reward stage).
 
 Reads ``<work_dir>/generations/`` and ``<work_dir>/sft/model/``, builds preference pairs
 (:func:`lrkd.teacher.examples.preference_pairs`, at most ``stage.max_pairs``), trains with the
@@ -9,8 +11,10 @@ adapter disabled under LoRA, else log-probs computed once before training and ke
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from omegaconf import DictConfig
@@ -18,7 +22,8 @@ from omegaconf import DictConfig
 from lrkd.data.schema import DataError
 from lrkd.stages.base import StageRun, fingerprint_config, finish_training, require_finished
 from lrkd.stages.teacher_common import (MODEL_FOLDER, TrainLoader, evaluate_on_test, fit_save_and_record,
-                                        inference_device, load_pairs)
+                                        inference_device, load_pairs, stage_without_defaults)
+from lrkd.stages.teacher_reward import read_reward_pairs
 from lrkd.stages.teacher_sft import optimizer_config
 from lrkd.teacher.examples import (PreferenceCollator, PreferenceDataset, fits, preference_pairs,
                                    tokenize_prompt_completions, write_examples_jsonl)
@@ -29,6 +34,7 @@ from lrkd.teacher.prompts import perspectives_from_config
 log = logging.getLogger(__name__)
 
 STAGE = "teacher_dpo"
+PAIR_SOURCES = ("conflict", "reward")
 REFERENCE_FILE = "reference_logps.npz"
 
 
@@ -51,9 +57,16 @@ def run_teacher_dpo(cfg: DictConfig) -> dict:
     """Train with DPO (or reuse); returns the stage metrics and ``reused``."""
     gen_dir, gen_record = require_finished(cfg, "teacher_generate")
     sft_dir, sft_record = require_finished(cfg, "teacher_sft")
+    kind = str(cfg.stage.get("pairs", "conflict"))
+    if kind not in PAIR_SOURCES:
+        raise ValueError(f"stage.pairs must be one of {PAIR_SOURCES}, got {kind!r}")
+    inputs = [gen_record["fingerprint"], sft_record["fingerprint"]]
+    if kind == "reward":
+        reward_dir, reward_record = require_finished(cfg, "teacher_reward")
+        inputs.append(reward_record["fingerprint"])
     dm = load_pairs(cfg)
-    run = StageRun(cfg, STAGE, STAGE, fingerprint_config(cfg), [gen_record["fingerprint"], sft_record["fingerprint"],
-                                                               dm.fingerprint])
+    run = StageRun(cfg, STAGE, STAGE, fingerprint_config(cfg, stage=stage_without_defaults(cfg, pairs="conflict")),
+                   [*inputs, dm.fingerprint])
     if (done := run.reused()) is not None:
         return done
     ckpt = run.start(resume=True)
@@ -63,9 +76,16 @@ def run_teacher_dpo(cfg: DictConfig) -> dict:
     module = TeacherDPOModule(teacher=cfg.teacher, optimizer=optimizer_config(cfg.stage), init_from=str(sft_model),
                               beta=float(cfg.stage.beta))
     tokenizer = module.tokenizer
-    pairs = preference_pairs(read_generations(gen_dir), dm.frame, perspectives, list(dm.label_set.names), tokenizer,
-                             max_pairs=cfg.stage.get("max_pairs"), max_item_words=cfg.teacher.get("max_item_words"))
-    write_examples_jsonl(out / "pairs.jsonl", pairs)
+    if kind == "reward":  # best-of-n vs worst-of-n by the multi-dimensional reward, largest margin first
+        records = read_reward_pairs(reward_dir)[:cfg.stage.get("max_pairs")]
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "pairs.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        pairs = [SimpleNamespace(**r) for r in records]
+    else:
+        pairs = preference_pairs(read_generations(gen_dir), dm.frame, perspectives, list(dm.label_set.names),
+                                 tokenizer, max_pairs=cfg.stage.get("max_pairs"),
+                                 max_item_words=cfg.teacher.get("max_item_words"))
+        write_examples_jsonl(out / "pairs.jsonl", pairs)
     prompts = [p.prompt for p in pairs]
     chosen = tokenize_prompt_completions(tokenizer, prompts, [p.chosen for p in pairs], cfg.paths.cache_dir)
     rejected = tokenize_prompt_completions(tokenizer, prompts, [p.rejected for p in pairs], cfg.paths.cache_dir)
@@ -76,8 +96,7 @@ def run_teacher_dpo(cfg: DictConfig) -> dict:
         if pairs:
             raise DataError(f"every preference pair is longer than stage.max_length={cfg.stage.max_length} "
                             f"tokens; raise it", path=str(out / "pairs.jsonl"))
-        log.warning("teacher_dpo: no conflict sample in %s (no wrong rationale next to a correct set): the DPO "
-                    "teacher is the SFT teacher unchanged", gen_dir)
+        log.warning("teacher_dpo: no %s pair from %s: the DPO teacher is the SFT teacher unchanged", kind, gen_dir)
         save_alias(out / MODEL_FOLDER, sft_model)
         finish_training(out, False)
         if cfg.stage.get("evaluate", False):

@@ -13,11 +13,12 @@ from omegaconf import DictConfig
 
 from lrkd.stages import base
 from lrkd.stages.base import StageRun, select_rows
-from lrkd.stages.teacher_common import inference_device, load_pairs
+from lrkd.stages.teacher_common import inference_device, init_teacher, load_pairs
 from lrkd.teacher.annotate import GradeScorer
 from lrkd.teacher.backends import OpenAIHTTPBackend, backend_from_config
 from lrkd.teacher.generate import format_stats_table, generate_mpcot
 from lrkd.teacher.model import inference_model, load_teacher, load_teacher_tokenizer
+from lrkd.teacher.module import load_trained_teacher
 from lrkd.teacher.prompts import perspectives_from_config
 from lrkd.utils import plain
 
@@ -34,6 +35,8 @@ def fingerprint_config(cfg: DictConfig) -> dict:
     """The part of the config that decides the generations (:func:`lrkd.stages.base.fingerprint_config`
     without trainer settings; of ``stage.http`` only what changes the samples)."""
     stage = {k: v for k, v in plain(cfg.stage).items() if k not in base.OPERATIONAL_KEYS}
+    if stage.get("init_from", "base") == "base":
+        stage.pop("init_from", None)
     if stage.get("backend") == "http":
         stage["http"] = {k: v for k, v in (stage.get("http") or {}).items() if k not in HTTP_OPERATIONAL_KEYS}
     else:
@@ -53,12 +56,13 @@ def flat_metrics(stats: dict) -> dict:
     return out
 
 
-def _backend(cfg: DictConfig, grade_names):
+def _backend(cfg: DictConfig, grade_names, init_dir=None):
     """(backend, tokenizer that renders the prompts or None, label scorer or None). The local
     backend scores missing labels with the same model (two-step extraction, ``stage.two_step_labels``);
     an HTTP backend returns text only, so its samples keep the labels they state."""
     if cfg.stage.backend == "local":
-        model, tokenizer = load_teacher(cfg.teacher)
+        model, tokenizer = (load_teacher(cfg.teacher) if init_dir is None
+                            else load_trained_teacher(cfg.teacher, init_dir))
         model = inference_model(model.to(inference_device(cfg)), cfg.teacher)
         scorer = (GradeScorer(model, tokenizer, grade_names, batch_size=int(cfg.stage.batch_size),
                               calibrate=bool(cfg.stage.get("calibrate_scored_labels", False)))
@@ -74,14 +78,18 @@ def run_teacher_generate(cfg: DictConfig) -> dict:
     """Generate (or reuse) the MPCoT samples; returns flat metrics (``<perspective>/<stat>``, ``reused``)."""
     perspectives = perspectives_from_config(cfg.perspective)
     dm = load_pairs(cfg)  # the labelled pairs, without any annotation artefact
-    run = StageRun(cfg, STAGE, OUTPUT, fingerprint_config(cfg), [dm.fingerprint])
+    init_dir, init_fingerprint = init_teacher(cfg)  # the base teacher, or (init_from=dapt) the DAPT model
+    if init_dir is not None and cfg.stage.backend != "local":
+        raise ValueError("stage.init_from=dapt needs stage.backend=local (an HTTP server serves its own model)")
+    run = StageRun(cfg, STAGE, OUTPUT, fingerprint_config(cfg),
+                   [dm.fingerprint] + ([init_fingerprint] if init_dir is not None else []))
     if (done := run.reused()) is not None:
         return done
     run.start()
     out = run.out
     rows = select_rows(dm.frame, dm.splits, list(cfg.stage.splits), cfg.stage.max_pairs, int(cfg.seed),
                        labelled_only=True)
-    backend, prompt_tokenizer, scorer = _backend(cfg, list(dm.label_set.names))
+    backend, prompt_tokenizer, scorer = _backend(cfg, list(dm.label_set.names), init_dir)
     log.info("teacher_generate: %d pairs x %d perspectives x n=%d with %s into %s", len(rows), len(perspectives),
              cfg.stage.n, type(backend).__name__, out)
     try:

@@ -1,7 +1,8 @@
 """The teacher_sft stage: supervised fine-tuning of the teacher on its kept MPCoT rationales.
 
 Reads ``<work_dir>/generations/`` (teacher_generate), builds the SFT examples
-(:func:`lrkd.teacher.examples.sft_examples`), fine-tunes the base teacher (full, or a LoRA adapter
+(:func:`lrkd.teacher.examples.sft_examples`), fine-tunes the base teacher (or, with
+``stage.init_from=dapt``, the teacher_dapt model) (full, or a LoRA adapter
 when ``teacher.lora`` is set) with a Lightning trainer, and writes ``<work_dir>/sft/``:
 ``model/`` (the trained teacher, :func:`lrkd.teacher.module.save_teacher`), ``examples.jsonl``,
 ``stage.json``. Reused when its fingerprint (this config, the generations and the dataset) is
@@ -15,7 +16,8 @@ from omegaconf import DictConfig
 
 from lrkd.data.schema import DataError
 from lrkd.stages.base import StageRun, fingerprint_config, require_finished
-from lrkd.stages.teacher_common import TrainLoader, evaluate_on_test, fit_save_and_record, load_pairs
+from lrkd.stages.teacher_common import (TrainLoader, evaluate_on_test, fit_save_and_record, init_teacher, load_pairs,
+                                        stage_without_defaults)
 from lrkd.teacher.examples import (CompletionCollator, CompletionDataset, fits, sft_examples,
                                    tokenize_prompt_completions, write_examples_jsonl)
 from lrkd.teacher.generate import read_generations
@@ -35,15 +37,19 @@ def optimizer_config(stage: DictConfig) -> dict:
 def run_teacher_sft(cfg: DictConfig) -> dict:
     """Fine-tune (or reuse); returns the stage metrics and ``reused``."""
     gen_dir, gen_record = require_finished(cfg, "teacher_generate")
+    init_dir, init_fingerprint = init_teacher(cfg)
     dm = load_pairs(cfg)
-    run = StageRun(cfg, STAGE, STAGE, fingerprint_config(cfg), [gen_record["fingerprint"], dm.fingerprint])
+    inputs = [gen_record["fingerprint"], dm.fingerprint] + ([init_fingerprint] if init_dir is not None else [])
+    run = StageRun(cfg, STAGE, STAGE, fingerprint_config(cfg, stage=stage_without_defaults(cfg, init_from="base")),
+                   inputs)
     if (done := run.reused()) is not None:
         return done
     ckpt = run.start(resume=True)
     out = run.out
     perspectives = perspectives_from_config(cfg.perspective)
     grade_names = list(dm.label_set.names)
-    module = TeacherSFTModule(teacher=cfg.teacher, optimizer=optimizer_config(cfg.stage))
+    module = TeacherSFTModule(teacher=cfg.teacher, optimizer=optimizer_config(cfg.stage),
+                              init_from=str(init_dir) if init_dir is not None else None)
     tokenizer = module.tokenizer
 
     examples = sft_examples(read_generations(gen_dir), dm.frame, perspectives, grade_names, tokenizer,

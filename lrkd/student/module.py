@@ -27,7 +27,6 @@ argmax ``test/<metric>``). Val is never test.
 from __future__ import annotations
 
 import logging
-import math
 
 import lightning as L
 import torch
@@ -39,7 +38,7 @@ from lrkd.data.batch import AUG_PREFIX, INPUT_KEYS
 from lrkd.decision import ArgmaxRule, rule_from_dict
 from lrkd.evaluation.metrics import PredictionStore, RelevanceMetrics, decision_metrics
 from lrkd.losses import NonFiniteLossError
-from lrkd.optim import configure
+from lrkd.optim import configure, total_training_steps
 from lrkd.student.checkpoint import DECISION_CHECKPOINT_KEY, upgrade_state_dict
 from lrkd.student.encoder import count_parameters
 from lrkd.student.model import RelevanceStudent
@@ -255,21 +254,8 @@ class StudentModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------- optimizer
     def _total_training_steps(self) -> int:
-        """Optimizer steps of the whole fit, for the LR schedule.
-
-        Computed from the data module rather than ``trainer.estimated_stepping_batches``: that
-        property builds the train loader before a checkpoint is restored, and the loader must be
-        built after the restore to resume mid-epoch at the right batch.
-        """
-        t = self.trainer
-        if t.max_steps is not None and t.max_steps > 0:
-            return int(t.max_steps)
-        n = getattr(t.datamodule, "num_train_batches", None)
-        if n is None or t.fast_dev_run or t.max_epochs is None or t.max_epochs < 0:
-            return max(int(t.estimated_stepping_batches), 1)
-        limit = t.limit_train_batches
-        n = min(n, limit) if isinstance(limit, int) else int(n * float(limit))
-        return max(1, math.ceil(n / t.accumulate_grad_batches) * t.max_epochs)
+        """Optimizer steps of the whole fit, for the LR schedule (:func:`lrkd.optim.total_training_steps`)."""
+        return total_training_steps(self.trainer)
 
     def configure_optimizers(self):
         """The ``optimizer`` partial over parameter groups (the encoder at ``lr``, the heads at

@@ -38,7 +38,7 @@ from lrkd.losses import NonFiniteLossError
 from lrkd.losses.dpo import dpo_loss, reward_statistics
 from lrkd.losses.lm import completion_logprobs, completion_nll
 from lrkd.teacher.examples import PreferenceCollator, PreferenceDataset
-from lrkd.optim import configure
+from lrkd.optim import configure, total_training_steps
 from lrkd.teacher.model import apply_lora, load_teacher, save_pretrained_atomically
 from lrkd.utils import plain
 
@@ -194,7 +194,7 @@ class _TeacherModule(L.LightningModule):
         """``optimizer`` (a partial config, or the stage's plain {lr, weight_decay, warmup_ratio}) over
         the model's parameters and its schedule (lrkd.optim)."""
         return configure(self, self.model.named_parameters(), self.hparams.optimizer, self.hparams.get("scheduler"),
-                         int(self.trainer.estimated_stepping_batches), default_warmup_ratio=0.0)
+                         total_training_steps(self.trainer), default_warmup_ratio=0.0)
 
 
 class TeacherSFTModule(_TeacherModule):
