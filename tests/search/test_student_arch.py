@@ -107,7 +107,7 @@ def test_student_arch_sweep_end_to_end(tmp_path, token_cache):
     sweep, tables = tmp_path / "arch", tmp_path / "tables"
     args = ["-m", "hparams_search=student_arch", *TINY, "trainer.max_steps=-1", "trainer.max_epochs=1",
             "trainer.limit_train_batches=2", "trainer.limit_val_batches=null", "data.eval_batch_size=64",
-            "hydra.sweeper.n_trials=4", "hydra.sweeper.sampler.n_startup_trials=2",
+            "hydra.sweeper.n_trials=4", "search.samplers.predictor.n_startup_trials=2",
             "student.prune.num_layers=choice(1,2)", "student.prune.intermediate_size=choice(16,64)",
             "data.max_length=choice(32,64)", "extractor=choice(none,mlp)", "search.latency_budget_ratio=1.5",
             "search.iterations=2", "search.rounds=1", "search.warmup=0", f"search.table_dir={tables}",
