@@ -45,6 +45,8 @@ sys.path.insert(0, str(ROOT))
 
 from lrkd.config import ROOT_DIR  # noqa: E402
 from lrkd.data.schema import DataSpec, LabelSet  # noqa: E402
+# the interleaved timing lives in the package (the architecture search's latency table uses it too)
+from lrkd.serve.latency import EagerRunner, OnnxRunner, summarise, synthetic_inputs, time_interleaved  # noqa: E402,F401
 
 ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 EXTRACTORS = ("none", "mlp", "poly", "gat")
@@ -59,7 +61,6 @@ PERSPECTIVES = {
     "business_rules": "business rules: is it an accessory rather than the main product, a compatible "
                       "substitute, does a brand constraint hold?",
 }
-SWITCH_PAUSE_S = 0.02  # between rows, so one runtime's spinning worker threads do not bill the next
 
 
 # --------------------------------------------------------------------------------- the student
@@ -79,71 +80,7 @@ def student(extractor: str):
 
 def inputs(batch: int, length: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
     """[batch, length] int64: [CLS] random ids [SEP] random ids [SEP], no padding, two segments."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1000, vocab, size=(batch, length), dtype=np.int64)
-    ids[:, 0], ids[:, length // 4], ids[:, -1] = 101, 102, 102
-    types = np.zeros_like(ids)
-    types[:, length // 4 + 1:] = 1
-    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": types}
-
-
-class EagerRunner:
-    def __init__(self, name: str, module):
-        from lrkd.serve.export import ServingStudent
-
-        self.name, self.kind = name, "eager"
-        self.model = ServingStudent(module).eval()
-        self.params = module.parameter_counts()["inference"]
-        self._feeds: dict = {}
-
-    def prepare(self, feed: dict[str, np.ndarray]) -> None:
-        self._feeds = {k: torch.from_numpy(v) for k, v in feed.items()}
-
-    def __call__(self) -> None:
-        with torch.inference_mode():
-            self.model(self._feeds["input_ids"], self._feeds["attention_mask"], self._feeds["token_type_ids"])
-
-
-class OnnxRunner:
-    def __init__(self, name: str, path: Path, threads: int, params: int):
-        from lrkd.serve.scorers import OnnxScorer
-
-        self.name, self.kind = name, "onnx"
-        self.scorer = OnnxScorer(path, threads=threads)
-        self.params = params
-        self.size_mb = path.stat().st_size / 2**20
-        self._feed: dict = {}
-
-    def prepare(self, feed: dict[str, np.ndarray]) -> None:
-        self._feed = feed
-
-    def __call__(self) -> None:
-        self.scorer.run(**self._feed)
-
-
-def time_interleaved(runners: list, feed: dict, iterations: int, rounds: int, warmup: int) -> dict[str, np.ndarray]:
-    """Seconds per call of each runner: ``warmup`` untimed calls each, then ``rounds`` rounds in which
-    every runner makes iterations / rounds timed calls in turn (round-robin: drift hits all alike)."""
-    per_round = max(1, iterations // rounds)
-    times = {r.name: [] for r in runners}
-    for r in runners:
-        r.prepare(feed)
-        for _ in range(warmup):
-            r()
-    for _ in range(rounds):
-        for r in runners:
-            time.sleep(SWITCH_PAUSE_S)
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                r()
-                times[r.name].append(time.perf_counter() - t0)
-    return {k: np.asarray(v) for k, v in times.items()}
-
-
-def summarise(seconds: np.ndarray, batch: int) -> dict:
-    return {"median_ms": float(np.median(seconds) * 1e3), "p99_ms": float(np.percentile(seconds, 99) * 1e3),
-            "mean_ms": float(seconds.mean() * 1e3), "n": int(len(seconds)),
-            "pairs_per_s": float(batch * len(seconds) / seconds.sum())}
+    return synthetic_inputs(batch, length, vocab, seed)
 
 
 # --------------------------------------------------------------------------------- the teacher

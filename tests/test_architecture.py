@@ -68,6 +68,8 @@ def _offending(package: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]
     ("lrkd.artefact.reader", ("lrkd.student", "lrkd.teacher", "lrkd.stages", "lrkd.serve")),
     ("lrkd.artefact.writer", ("lrkd.student", "lrkd.teacher", "lrkd.stages", "lrkd.serve")),
     ("lrkd.serve", ("lightning", "lrkd.stages", "lrkd.teacher", "lrkd.student.module", "lrkd.data.datamodule")),
+    # the architecture search runs in the sweeper's process: no training machinery there
+    ("lrkd.search", ("lightning", "lrkd.stages", "lrkd.teacher", "lrkd.student.module", "lrkd.data.datamodule")),
     ("lrkd.evaluation.metrics", ("lrkd.student", "lrkd.teacher", "lrkd.stages", "lrkd.serve")),
 ])
 def test_dependency_arrows(package, forbidden):

@@ -29,6 +29,9 @@ CONF = ROOT / "conf"
 STUDIES = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")
                  if OmegaConf.select(OmegaConf.load(p), "hydra.sweeper.params") is not None)
 SEARCHES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
+# a search's report folder in experiments/, where it is not named after the search
+SEARCH_FOLDERS = {"student_arch": "student_search"}
+OPTIMISER_SEARCHES = [s for s in SEARCHES if s != "student_arch"]   # student_arch: tests/search/
 JOBS_PER_STUDY = {"extractor_ablation": 12, "loss_ablation": 15, "perspectives": 12, "kd_temperature": 12,
                   "loss_weights": 27, "seeds": 5}
 SWEEPER = "hydra_plugins.lrkd_optuna_sweeper.optuna_sweeper.OptunaSweeper"
@@ -59,7 +62,7 @@ def expand_sweep(params) -> list[list[str]]:
 def test_every_study_is_listed():
     assert set(JOBS_PER_STUDY) <= set(STUDIES)
     index = (ROOT / "experiments" / "README.md").read_text()
-    for name in STUDIES + SEARCHES:
+    for name in STUDIES + [SEARCH_FOLDERS.get(s, s) for s in SEARCHES]:
         assert f"]({name}/README.md)" in index, f"experiments/README.md does not list {name}"
 
 
@@ -92,7 +95,7 @@ def test_study_composes_every_variant(name, compose_with_hydra):
             assert terms == expected
 
 
-@pytest.mark.parametrize("name", SEARCHES)
+@pytest.mark.parametrize("name", OPTIMISER_SEARCHES)
 def test_search_composes_and_searches_keys_that_exist(name, compose_with_hydra):
     from optuna.distributions import FloatDistribution
 
@@ -105,6 +108,30 @@ def test_search_composes_and_searches_keys_that_exist(name, compose_with_hydra):
     assert space.distributions["optimizer.lr"] == FloatDistribution(1e-5, 2e-4, log=True)
     for key in space.distributions:
         assert OmegaConf.select(cfg, key) is not None, f"{name} searches {key}, which the config does not have"
+
+
+def test_architecture_search_composes_and_searches_keys_that_exist(compose_with_hydra):
+    from lrkd.search.sampler import PredictorSampler
+
+    assert "hparams_search=student_arch" in (ROOT / "experiments" / "student_search" / "README.md").read_text()
+    cfg = compose_with_hydra(["hparams_search=student_arch", "search.latency_budget_ms=12.5"])
+    assert cfg.task_name == "student_arch" and cfg.optimized_metric == "val/auc"
+    spec = OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
+    assert spec["search"]["latency_budget_ms"] == 12.5
+    assert isinstance(instantiate_node(spec["sampler"]), PredictorSampler)
+    spec.pop("_target_")
+    space = OptunaSweeper(**spec).search_space([])
+    assert sorted(space.distributions) == ["data.max_length", "extractor", "student.prune.intermediate_size",
+                                           "student.prune.num_layers"]
+    for key in space.distributions:
+        found = key in cfg.hydra.runtime.choices or OmegaConf.select(cfg, key, default="absent") != "absent"
+        assert found, f"student_arch searches {key}, which the config does not have"
+
+
+def instantiate_node(node):
+    from hydra.utils import instantiate
+
+    return instantiate(node)
 
 
 # -------------------------------------------------------------------------- the Optuna plugin

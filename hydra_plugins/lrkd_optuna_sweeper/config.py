@@ -23,6 +23,8 @@ class LrkdOptunaSweeperConf:
     sampler:      an Optuna sampler (``_target_`` node); seeded by default, so every process that
                   builds it proposes the same trials.
     params:       {config key: Hydra sweep string}, the search space; plain values are fixed.
+    search:       null, or a ``_target_`` node of search hooks (lrkd.search.study.ArchitectureSearch:
+                  latency table, budget, latency objective, report; see optuna_sweeper.py).
     """
 
     _target_: str = "hydra_plugins.lrkd_optuna_sweeper.optuna_sweeper.OptunaSweeper"
@@ -34,6 +36,7 @@ class LrkdOptunaSweeperConf:
     n_jobs: int = 1
     sampler: Any = field(default_factory=_default_sampler)
     params: Optional[Dict[str, str]] = None
+    search: Any = None
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="lrkd_optuna", node=LrkdOptunaSweeperConf,

@@ -4,6 +4,14 @@ Optuna is imported only when a sweep starts (Hydra imports every plugin module a
 The sweep writes into ``hydra.sweep.dir``: ``multirun.yaml`` (the sweep's config),
 ``optimization_results.yaml`` (best trial; the counts of complete and failed trials) and
 ``trials.csv`` (every trial of the study: number, state, value, params, job number).
+
+``search`` (optional, a ``_target_`` node; lrkd.search.study.ArchitectureSearch for
+``hparams_search=student_arch``) is an object the sweeper consults around the trials: ``prepare``
+before the first (the latency table), ``is_feasible`` per asked trial (one that is not is told as
+failed and never launched, nor counted in ``n_trials``), ``trial_attrs`` and ``objectives`` per
+finished job (the latency as a second objective), ``write_report`` at the end. A sampler with
+``set_search_space`` (lrkd.search.sampler.PredictorSampler) is given the space and the feasibility
+check before the first trial.
 """
 
 import logging
@@ -24,6 +32,7 @@ log = logging.getLogger(__name__)
 RESULTS_FILE = "optimization_results.yaml"
 TRIALS_FILE = "trials.csv"
 MULTIRUN_FILE = "multirun.yaml"
+MAX_ASKS_PER_TRIAL = 50   # asked trials per launched one, when a search rejects (over-budget) proposals
 
 
 def distribution_from_override(override: Override) -> Any:
@@ -117,7 +126,7 @@ class OptunaSweeper(Sweeper):
 
     def __init__(self, direction: Any = "maximize", study_name: str | None = None, storage: str | None = None,
                  load_if_exists: bool = True, n_trials: int = 20, n_jobs: int = 1, sampler: Any = None,
-                 params: Mapping[str, str] | None = None) -> None:
+                 params: Mapping[str, str] | None = None, search: Any = None) -> None:
         super().__init__()
         if isinstance(direction, str):
             self.directions = [direction]
@@ -132,6 +141,8 @@ class OptunaSweeper(Sweeper):
         self.n_trials, self.n_jobs = int(n_trials), int(n_jobs)
         self.sampler_spec = sampler
         self.params = dict(params or {})
+        self.search_spec = search
+        self.search = None
         self.hydra_context: HydraContext | None = None
         self.config: DictConfig | None = None
         self.launcher = None
@@ -155,6 +166,17 @@ class OptunaSweeper(Sweeper):
             return instantiate(spec)
         return spec
 
+    def _search(self) -> Any:
+        """The configured search hooks (see the module docstring), or None."""
+        spec = self.search_spec
+        if spec is None or (isinstance(spec, (Mapping, DictConfig)) and not spec.get("_target_")):
+            return None
+        if isinstance(spec, (Mapping, DictConfig)):
+            from hydra.utils import instantiate
+
+            return instantiate(spec, _convert_="all")
+        return spec
+
     def search_space(self, arguments: Sequence[str]) -> SearchSpace:
         """``hydra.sweeper.params``, then the command line's overrides."""
         loader = self.hydra_context.config_loader if self.hydra_context is not None else None
@@ -171,24 +193,48 @@ class OptunaSweeper(Sweeper):
         assert self.config is not None and self.launcher is not None, "setup() first"
         space = self.search_space(arguments)
         name = self.study_name or str(OmegaConf.select(self.config, "task_name", default="lrkd"))
-        self.study = study = optuna.create_study(study_name=name, storage=self.storage, sampler=self._sampler(),
+        sampler = self._sampler()
+        self.study = study = optuna.create_study(study_name=name, storage=self.storage, sampler=sampler,
                                                  directions=self.directions, load_if_exists=self.load_if_exists)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / MULTIRUN_FILE)
+        self.search = search = self._search()
+        feasible = None
+        if search is not None:
+            search.prepare(space.distributions, self.config, sweep_dir)
+            feasible = search.is_feasible
+        if hasattr(sampler, "set_search_space"):
+            sampler.set_search_space(space.distributions, feasible=feasible)
         log.info("Optuna study %r (%s), %d trials, search space: %s", name, "/".join(self.directions),
                  self.n_trials, space.distributions)
 
         returns: list[Sequence[JobReturn]] = []
-        job = 0
-        while job < self.n_trials:
-            trials = [study.ask(space.distributions) for _ in range(min(self.n_jobs, self.n_trials - job))]
+        job, asked, max_asks = 0, 0, MAX_ASKS_PER_TRIAL * self.n_trials
+        while job < self.n_trials and asked < max_asks:
+            trials = []
+            while len(trials) < min(self.n_jobs, self.n_trials - job) and asked < max_asks:
+                trial = study.ask(space.distributions)
+                asked += 1
+                if feasible is not None and not feasible(trial.params):
+                    trial.set_user_attr("fail_reason", "over the latency budget (not trained)")
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    continue
+                trials.append(trial)
+            if not trials:
+                break
             batch = [space.job_overrides(t.params) for t in trials]
             self.validate_batch_is_legal(batch)
             results = self.launcher.launch(batch, initial_job_idx=job)
             for offset, (trial, ret) in enumerate(zip(trials, results)):
                 trial.set_user_attr("job_num", job + offset)
-                values, why = trial_outcome(ret, len(self.directions))
+                if search is not None:
+                    for key, value in search.trial_attrs(trial.params).items():
+                        trial.set_user_attr(key, value)
+                n_returned = len(self.directions) - (1 if search is not None and len(self.directions) > 1 else 0)
+                values, why = trial_outcome(ret, n_returned)
+                if values is not None and search is not None:
+                    values = search.objectives(trial.params, values, len(self.directions))
                 if values is None:
                     trial.set_user_attr("fail_reason", why)
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -198,7 +244,11 @@ class OptunaSweeper(Sweeper):
                     log.info("trial %d (job %d): %s", trial.number, job + offset, values)
             job += len(trials)
             returns.append(results)
+        if job < self.n_trials:
+            log.warning("stopped after %d jobs: %d asked trials were over the latency budget", job, asked - job)
         self._write_results(sweep_dir, name)
+        if search is not None:
+            search.write_report(study, sweep_dir, sampler)
         return returns
 
     def _write_results(self, sweep_dir: Path, name: str) -> None:

@@ -367,6 +367,11 @@ class RelevanceDataModule(L.LightningDataModule):
                           drop_last=False, num_workers=self.num_workers, collate_fn=self._collate,
                           persistent_workers=self.num_workers > 0)
 
+    def ordered_loader(self, split: str, batch_size: int | None = None) -> DataLoader:
+        """Every row of ``split`` once, in order, unshuffled (e.g. to label a split with a model)."""
+        return self._loader(split, int(batch_size or self.eval_batch_size), sampler=None if split != "train" else
+                            torch.utils.data.SequentialSampler(self.dataset(split)))
+
     def train_dataloader(self) -> DataLoader:
         loader = make_train_loader(self.dataset("train"), batch_size=self.batch_size, collate_fn=self._collate,
                                    seed=self.seed, trainer=self.trainer, num_workers=self.num_workers)

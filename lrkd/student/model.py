@@ -37,6 +37,7 @@ from torch import nn
 
 from lrkd.data.schema import DataError, LabelSet
 from lrkd.student.encoder import count_parameters, load_encoder, load_tokenizer, match_features, pool, pooled_dim
+from lrkd.student.prune import prune_encoder
 from lrkd.utils import plain, write_json_atomic
 
 HEAD_WEIGHTS = "lrkd_head.safetensors"
@@ -49,7 +50,8 @@ class RelevanceStudent(nn.Module):
     """encoder + extractor + classifier (see the module docstring).
 
     encoder:      the student config (``name_or_path`` | ``config``, ``tokenizer``, ``pooling``,
-                  ``dropout``, ``classifier_dropout``, ``trust_remote_code``, ``gradient_checkpointing``)
+                  ``dropout``, ``classifier_dropout``, ``trust_remote_code``, ``gradient_checkpointing``,
+                  ``prune``: lrkd.student.prune, applied when the encoder is loaded)
     extractor:    ``_target_`` of a LatentExtractor and its sizes
     label_set:    a :class:`LabelSet` or its dict (``LabelSet.to_dict()``): C = its classes
     perspectives: the K perspective names (one latent vector each)
@@ -66,6 +68,9 @@ class RelevanceStudent(nn.Module):
         self.encoder = load_encoder(name_or_path=encoder.get("name_or_path"), config=encoder.get("config"),
                                     tokenizer=encoder.get("tokenizer"), dropout=encoder.get("dropout"),
                                     trust_remote_code=bool(encoder.get("trust_remote_code", False)))
+        # student.prune: fewer layers, smaller FFNs (lrkd.student.prune); the config follows, so the
+        # save_pretrained form holds the pruned encoder and loads without pruning again
+        prune_encoder(self.encoder, encoder.get("prune"))
         if encoder.get("gradient_checkpointing"):  # recompute activations in backward: less memory
             self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         hidden = int(self.encoder.config.hidden_size)
