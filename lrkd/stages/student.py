@@ -40,16 +40,47 @@ def teacher_quality_gate(teacher_test: dict | None, baseline: dict | None, metri
     return out
 
 
+def _eval_figures(metrics: dict | None, name: str) -> dict:
+    """``{"auc": ..., ...}`` from a stage's ``eval/<name>/<metric>`` entries."""
+    prefix = f"eval/{name}/"
+    return {key[len(prefix):]: value for key, value in (metrics or {}).items()
+            if key.startswith(prefix) and "/" not in key[len(prefix):]}
+
+
+def recorded_teacher_test(annotations: str | Path) -> dict | None:
+    """The annotating teacher's test figures (``{"auc": ..., "qwk": ..., ...}``) as its stages recorded
+    them, first found of: ``extra.teacher_test`` of the manifest (stage=teacher_score); the
+    ``eval/annotate_<source>/*`` metrics of the artefact's ``stage.json`` (stage=teacher_annotate scores
+    the teacher after the artefact is final); in a shipped artefact's ``PROVENANCE.json``, those of its
+    ``teacher_annotate`` entry, else the ``eval/<source>/*`` of the stage that trained the annotating
+    model (``teacher_dpo`` for source ``dpo``). None when there are none."""
+    root = Path(annotations)
+    extra = read_manifest(root).extra
+    if extra.get("teacher_test"):
+        return dict(extra["teacher_test"])
+    source = str(extra.get("source", "dpo"))
+    stage = root / "stage.json"
+    if stage.is_file() and (found := _eval_figures(json.loads(stage.read_text(encoding="utf-8")).get("metrics"),
+                                                   f"annotate_{source}")):
+        return found
+    provenance = root / "PROVENANCE.json"
+    if provenance.is_file():
+        stages = json.loads(provenance.read_text(encoding="utf-8")).get("stages") or {}
+        for stage_name, name in (("teacher_annotate", f"annotate_{source}"), (f"teacher_{source}", source)):
+            if found := _eval_figures((stages.get(stage_name) or {}).get("metrics"), name):
+                return found
+    return None
+
+
 def check_teacher(cfg: DictConfig, datamodule, loss) -> list[str]:
     """``stage.quality_gate``: warn, before training, when a loss reads a teacher that scored below
-    the student's own CE baseline on this dataset's test split (the figures the teacher stage wrote
-    into the artefact's manifest, ``extra.teacher_test``). Returns the failing comparisons."""
+    the student's own CE baseline on this dataset's test split (the figures the teacher stage
+    recorded: :func:`recorded_teacher_test`). Returns the failing comparisons."""
     gate = cfg.stage.get("quality_gate")
     if not gate or not loss.needs_annotations or not datamodule.annotations:
         return []
-    extra = read_manifest(datamodule.annotations).extra
     baselines = OmegaConf.to_container(gate.get("baselines") or {}, resolve=True)
-    failing = teacher_quality_gate(extra.get("teacher_test"), baselines.get(str(cfg.data.name)),
+    failing = teacher_quality_gate(recorded_teacher_test(datamodule.annotations), baselines.get(str(cfg.data.name)),
                                    list(gate.get("metrics") or []))
     if failing:
         message = (f"the teacher of {datamodule.annotations} scored below the plain cross-encoder "
