@@ -200,20 +200,25 @@ class OptunaSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / MULTIRUN_FILE)
         self.search = search = self._search()
-        feasible = None
+        feasible, n_trials = None, self.n_trials
         if search is not None:
             search.prepare(space.distributions, self.config, sweep_dir)
             feasible = search.is_feasible
+            n_max = search.n_feasible() if hasattr(search, "n_feasible") else None
+            if n_max is not None and n_max < n_trials:
+                log.info("architecture search: %d trials asked, %d architectures within the budget: %d trials",
+                         n_trials, n_max, n_max)
+                n_trials = n_max
         if hasattr(sampler, "set_search_space"):
             sampler.set_search_space(space.distributions, feasible=feasible)
         log.info("Optuna study %r (%s), %d trials, search space: %s", name, "/".join(self.directions),
-                 self.n_trials, space.distributions)
+                 n_trials, space.distributions)
 
         returns: list[Sequence[JobReturn]] = []
-        job, asked, max_asks = 0, 0, MAX_ASKS_PER_TRIAL * self.n_trials
-        while job < self.n_trials and asked < max_asks:
+        job, asked, max_asks = 0, 0, MAX_ASKS_PER_TRIAL * n_trials
+        while job < n_trials and asked < max_asks:
             trials = []
-            while len(trials) < min(self.n_jobs, self.n_trials - job) and asked < max_asks:
+            while len(trials) < min(self.n_jobs, n_trials - job) and asked < max_asks:
                 trial = study.ask(space.distributions)
                 asked += 1
                 if feasible is not None and not feasible(trial.params):
@@ -244,7 +249,7 @@ class OptunaSweeper(Sweeper):
                     log.info("trial %d (job %d): %s", trial.number, job + offset, values)
             job += len(trials)
             returns.append(results)
-        if job < self.n_trials:
+        if job < n_trials:
             log.warning("stopped after %d jobs: %d asked trials were over the latency budget", job, asked - job)
         self._write_results(sweep_dir, name)
         if search is not None:

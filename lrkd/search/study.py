@@ -157,6 +157,14 @@ class ArchitectureSearch:
                              f"({self.budget_ms} ms, ratio {self.budget_ratio}): see {self.table.path}")
         return self.table
 
+    def n_feasible(self) -> int | None:
+        """How many distinct architectures within the budget a study can try, when every swept key is
+        an architecture key (after :meth:`prepare`); None when other keys are swept too (a learning
+        rate, say: then a repeated architecture is a new configuration)."""
+        if set(self.distributions) - set(self.keys.values()):
+            return None
+        return sum(1 for a in self.archs if self._within_budget(a))
+
     def _table_file(self) -> Path | None:
         if self.table_path:
             return Path(self.table_path)

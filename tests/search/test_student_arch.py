@@ -62,6 +62,28 @@ def test_sweeper_skips_over_budget_trials_and_adds_the_latency_objective(tmp_pat
     assert search.prepared == ["layers"] and search.reported == len(study.trials)
 
 
+class ExhaustibleSearch(FakeSearch):
+    """FakeSearch whose whole space is architectural: 3 architectures fit the budget."""
+
+    def n_feasible(self):
+        return 3
+
+
+def test_sweeper_stops_when_every_architecture_within_the_budget_was_tried(tmp_path):
+    """A finite architecture space: asking for 6 trials trains the 3 feasible architectures once
+    each instead of training one again (the predictor would propose a seen one)."""
+    search = ExhaustibleSearch()
+    sweeper = OptunaSweeper(direction=["maximize"], n_trials=6, params={"layers": "choice(1,2,3,4,5,6)"},
+                            sampler={"_target_": "lrkd.search.sampler.PredictorSampler", "seed": 0,
+                                     "n_startup_trials": 2, "n_estimators": 10}, search=search)
+    sweeper.config = OmegaConf.create({"task_name": "toy", "hydra": {"sweep": {"dir": str(tmp_path)}}})
+    sweeper.launcher = FakeLauncher(lambda p: 1.0 / float(p["layers"]))
+    sweeper.validate_batch_is_legal = lambda batch: None
+    sweeper.sweep([])
+    launched = [int(dict(o.split("=") for o in job)["layers"]) for _, jobs in sweeper.launcher.calls for job in jobs]
+    assert sorted(launched) == [1, 2, 3]
+
+
 def test_soft_labels_stage_writes_a_student_artefact_that_kd_reads(tmp_path, make_cfg):
     from lrkd.stages import get_stage
 
@@ -136,3 +158,17 @@ def test_student_arch_sweep_end_to_end(tmp_path, token_cache):
     assert enc.intermediate_size == int(pick["student.prune.intermediate_size"])
     job_metrics = json.loads((sweep / str(pick["job"]) / "metrics.json").read_text())
     assert job_metrics["optimized_metric"] == pytest.approx(pick["quality"])
+
+
+def test_n_feasible_counts_budgeted_architectures_only_when_the_space_is_all_architecture():
+    from lrkd.search.study import DEFAULT_ARCHITECTURE, ArchitectureSearch
+    from lrkd.search.latency_table import Architecture
+
+    search = ArchitectureSearch(latency_budget_ratio=0.5)
+    archs = [Architecture(layers, None, 64, "none") for layers in (1, 2, 6)]
+    search.archs = archs
+    search._within_budget = lambda arch: arch.num_layers < 6
+    search.distributions = {DEFAULT_ARCHITECTURE["num_layers"]: None}
+    assert search.n_feasible() == 2
+    search.distributions["model.optimizer.lr"] = None     # another swept key: repeats are new configurations
+    assert search.n_feasible() is None
