@@ -78,11 +78,6 @@ def student(extractor: str):
                          data_spec=DataSpec(LabelSet.from_config(CHORUS_LABELS)).to_dict()).eval()
 
 
-def inputs(batch: int, length: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """[batch, length] int64: [CLS] random ids [SEP] random ids [SEP], no padding, two segments."""
-    return synthetic_inputs(batch, length, vocab, seed)
-
-
 # --------------------------------------------------------------------------------- the teacher
 def teacher_files() -> tuple[str, str]:
     """(package folder, .gguf file name) of the embedded SmolLM2 (found without importing the package,
@@ -268,7 +263,6 @@ def main(argv=None) -> dict:
     modules = {ext: student(ext) for ext in extractors}
     for ext, module in modules.items():
         runners.append(EagerRunner(f"eager/{ext}", module))
-    onnx_sizes = {}
     for ext in onnx_extractors:
         module = modules[ext]
         config = ServingConfig.from_hparams(module.hparams, max_length=128)
@@ -277,7 +271,6 @@ def main(argv=None) -> dict:
         params = module.parameter_counts()["inference"]
         for prec, path in (("fp32", fp32), ("int8", int8)):
             runners.append(OnnxRunner(f"onnx-{prec}/{ext}", path, args.threads, params))
-            onnx_sizes[f"onnx-{prec}/{ext}"] = path.stat().st_size / 2**20
     vocab = modules[extractors[0]].student.encoder.config.vocab_size
 
     timings = {r.name: {} for r in runners}
@@ -285,11 +278,11 @@ def main(argv=None) -> dict:
         iters = args.iterations if batch == 1 else args.batch_iterations
         warmup = args.warmup if batch == 1 else max(1, args.warmup // 2)
         print(f"timing {setting}: {len(runners)} rows x {iters} calls in {args.rounds} interleaved rounds", flush=True)
-        seconds = time_interleaved(runners, inputs(batch, length, vocab), iters, args.rounds, warmup)
+        seconds = time_interleaved(runners, synthetic_inputs(batch, length, vocab), iters, args.rounds, warmup)
         for name, s in seconds.items():
             timings[name][setting] = summarise(s, batch)
-    rows = {r.name: {"kind": r.kind, "params": r.params, "size_mb": onnx_sizes.get(r.name), "timings": timings[r.name]}
-            for r in runners}
+    rows = {r.name: {"kind": r.kind, "params": r.params, "size_mb": getattr(r, "size_mb", None),
+                     "timings": timings[r.name]} for r in runners}
     del runners, modules
     workdir.cleanup()
 

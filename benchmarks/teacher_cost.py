@@ -77,10 +77,10 @@ def main(argv=None) -> dict:
     import sys
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from latency import EagerRunner, inputs, student
+    from latency import EagerRunner, student, synthetic_inputs
 
     runner = EagerRunner("student", student("none"))
-    runner.prepare(inputs(1, 64, 30000))
+    runner.prepare(synthetic_inputs(1, 64, 30000))
 
     def student_call():
         runner()

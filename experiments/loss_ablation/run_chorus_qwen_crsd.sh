@@ -9,12 +9,7 @@
 # 2. the artefact with whatever rationales there are (rows without one stay out of crsd: has_rationale);
 # 3. the students, as run_chorus_qwen_mlp.sh.
 set -euo pipefail
-SEEDS=$(echo ${*:-1 2 3} | tr ' ' ',')
-PY=${PYTHON:-python}
-ART=artefacts/chorus_icecat/qwen2.5-coder-1.5b/score_annotations
-POOL=+data.pool.catalogue=datasets/chorus_icecat/catalogue.parquet
-COMMON=(trainer.max_epochs=2 seed=$SEEDS callbacks.progress_bar=null logger=csv
-        decision=thresholds decision.metric=qwk callbacks.model_checkpoint.monitor=val/tuned/qwk)
+source "$(dirname "$0")/chorus_qwen_settings.sh"
 $PY train.py experiment=qwen_teacher $POOL stage.read=false
 $PY train.py -m loss=crsd extractor=mlp data.annotations=$ART $POOL "${COMMON[@]}" hydra.sweep.dir=logs/teacher_study/crsd_pool_mlp
 $PY train.py -m loss=full extractor=mlp data.annotations=$ART $POOL "${COMMON[@]}" hydra.sweep.dir=logs/teacher_study/full_pool_mlp

@@ -6,12 +6,7 @@
 # over the Icecat catalogue for each train query). crsd and full need rationales: see
 # run_chorus_qwen_crsd.sh. As run: one job at a time, OMP_NUM_THREADS=1, beside the rationale reader.
 set -euo pipefail
-SEEDS=$(echo ${*:-1 2 3} | tr ' ' ',')
-PY=${PYTHON:-python}
-ART=artefacts/chorus_icecat/qwen2.5-coder-1.5b/score_annotations
-POOL=+data.pool.catalogue=datasets/chorus_icecat/catalogue.parquet
-COMMON=(trainer.max_epochs=2 seed=$SEEDS callbacks.progress_bar=null logger=csv
-        decision=thresholds decision.metric=qwk callbacks.model_checkpoint.monitor=val/tuned/qwk)
+source "$(dirname "$0")/chorus_qwen_settings.sh"
 [ -f $ART/stage.json ] || $PY train.py experiment=qwen_teacher $POOL stage.read=false
 $PY train.py -m loss=latent extractor=mlp data.annotations=$ART $POOL "${COMMON[@]}" hydra.sweep.dir=logs/teacher_study/latent_pool_mlp
 $PY train.py -m loss=kd extractor=mlp data.annotations=$ART $POOL "${COMMON[@]}" hydra.sweep.dir=logs/teacher_study/kd_pool_mlp

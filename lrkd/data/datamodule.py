@@ -369,8 +369,9 @@ class RelevanceDataModule(L.LightningDataModule):
 
     def ordered_loader(self, split: str, batch_size: int | None = None) -> DataLoader:
         """Every row of ``split`` once, in order, unshuffled (e.g. to label a split with a model)."""
-        return self._loader(split, int(batch_size or self.eval_batch_size), sampler=None if split != "train" else
-                            torch.utils.data.SequentialSampler(self.dataset(split)))
+        dataset = self.dataset(split)
+        return self._loader(split, int(batch_size or self.eval_batch_size),
+                            sampler=torch.utils.data.SequentialSampler(dataset))
 
     def train_dataloader(self) -> DataLoader:
         loader = make_train_loader(self.dataset("train"), batch_size=self.batch_size, collate_fn=self._collate,

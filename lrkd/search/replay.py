@@ -25,12 +25,12 @@ import optuna
 import pandas as pd
 from optuna.distributions import CategoricalDistribution
 
+from hydra_plugins.lrkd_optuna_sweeper.optuna_sweeper import MAX_ASKS_PER_TRIAL  # as the sweeper gives up
 from lrkd.report_writer import markdown_table
 from lrkd.search.sampler import PredictorSampler
 from lrkd.search.space import config_key
 
 SAMPLERS = ("predictor", "random", "tpe", "gp")
-MAX_ASKS_PER_TRIAL = 50
 
 
 def make_sampler(name: str, seed: int, startup: int, space, feasible):

@@ -151,8 +151,7 @@ class ArchitectureSearch:
                                    self.batch_sizes, t["iterations"], t["rounds"], t["warmup"], t["group_size"])
         log.info("latency table %s: %d architectures, %d timed now, %d reused", self.table.path, len(set(archs)),
                  added, len(set(archs)) * len(self.batch_sizes) - added)
-        feasible = [a for a in dict.fromkeys(archs) if self._within_budget(a)]
-        if not feasible:
+        if not self.feasible_architectures():
             raise ValueError(f"no architecture of the search space is within the latency budget "
                              f"({self.budget_ms} ms, ratio {self.budget_ratio}): see {self.table.path}")
         return self.table
@@ -163,7 +162,11 @@ class ArchitectureSearch:
         rate, say: then a repeated architecture is a new configuration)."""
         if set(self.distributions) - set(self.keys.values()):
             return None
-        return sum(1 for a in self.archs if self._within_budget(a))
+        return len(self.feasible_architectures())
+
+    def feasible_architectures(self) -> list[Architecture]:
+        """The search space's distinct architectures within the latency budget (after :meth:`prepare`)."""
+        return [a for a in self.archs if self._within_budget(a)]
 
     def _table_file(self) -> Path | None:
         if self.table_path:

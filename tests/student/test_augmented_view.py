@@ -24,6 +24,14 @@ def _module() -> StudentModule:
                          optimizer=OmegaConf.load(CONF / "optimizer" / "adamw.yaml"), data_spec=spec).eval()
 
 
+def encoder_input_shapes(model: StudentModule) -> list[tuple[int, int]]:
+    """A list that records the [B, L] input shape of every encoder forward pass of ``model``."""
+    shapes: list[tuple[int, int]] = []
+    model.student.encoder.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    return shapes
+
+
 def _batch(annotated) -> dict:
     g = torch.Generator().manual_seed(1)
     b, length, aug_length = len(annotated), 7, 12
@@ -42,9 +50,7 @@ def test_augmented_view_is_encoded_for_annotated_rows_only_with_the_same_crsd_lo
     model = _module()
     partial = _batch([True, False, True, False, True, True])
     full = dict(partial, annotated=torch.ones(6, dtype=torch.bool))
-    hook_shapes = []
-    model.student.encoder.register_forward_pre_hook(lambda m, args, kwargs: hook_shapes.append(tuple(kwargs["input_ids"].shape)),
-                                            with_kwargs=True)
+    hook_shapes = encoder_input_shapes(model)
     with torch.no_grad():
         out_partial = model(partial, with_augmented_view=True)
         out_full = model(full, with_augmented_view=True)
@@ -63,9 +69,7 @@ def test_augmented_view_is_encoded_for_annotated_rows_only_with_the_same_crsd_lo
 def test_no_annotated_row_skips_the_second_encoder_pass():
     model = _module()
     batch = _batch([False, False, False])
-    shapes = []
-    model.student.encoder.register_forward_pre_hook(lambda m, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)),
-                                            with_kwargs=True)
+    shapes = encoder_input_shapes(model)
     with torch.no_grad():
         out = model(batch, with_augmented_view=True)
     assert shapes == [(3, 7)] and out["aug_logits"].abs().sum() == 0
@@ -79,9 +83,7 @@ def test_annotated_rows_without_a_rationale_are_left_out_of_the_view_and_of_crsd
     with_text = torch.tensor([True, False, True, False, True, True])
     subset = dict(_batch(annotated.tolist()), has_rationale=with_text)
     reference = _batch(with_text.tolist())
-    shapes = []
-    model.student.encoder.register_forward_pre_hook(lambda m, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)),
-                                            with_kwargs=True)
+    shapes = encoder_input_shapes(model)
     with torch.no_grad():
         out_subset = model(subset, with_augmented_view=True)
         out_reference = model(reference, with_augmented_view=True)
