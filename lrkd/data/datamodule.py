@@ -26,18 +26,19 @@ from transformers import AutoTokenizer
 
 from lrkd import artefact as artefact_lib
 from lrkd.data.batch import AUG_PREFIX
+from lrkd.data.budget import apply_gold_budget, gold_options
 from lrkd.data.encode import pad_sequences
 from lrkd.data.pool import cached_pool, pool_options
+from lrkd.data.query_batches import make_query_group_loader, num_query_group_batches, sampler_options
 from lrkd.data.sampler import EpochSeededSampler, eval_sampler, make_train_loader
 from lrkd.data.schema import REQUIRED_COLUMNS, DataError, DataSpec, LabelSet, dataset_fingerprint
-from lrkd.data.splits import split_by_query
+from lrkd.data.splits import split_from_config
 from lrkd.data.tokenize import TokenizedView, tokenize_augmented, tokenize_standard
 from lrkd.models import resolve_model_path
 from lrkd.utils import plain
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 DEFAULT_PERSPECTIVES = ("user_intent", "structured_analysis", "business_rules")
 
 
@@ -134,11 +135,15 @@ class RelevanceDataModule(L.LightningDataModule):
                 with ``_target_`` (instantiated with ``hydra.utils.instantiate``).
     labels:     mapping for ``LabelSet.from_config``; ``values: auto`` = the mean raw relevance of each
                 grade on the train split.
-    split:      mapping {train, val, test: fraction of pairs, seed}; see ``split_by_query``.
+    split:      {train, val, test: fraction of pairs, seed[, folds, fold]}: ``split_from_config``.
+    gold:       the gold-label budget {fraction, seed, drop_unlabelled} (:mod:`lrkd.data.budget`).
+    sampler:    ``shuffle`` or ``query_groups`` (with ``query_groups``: :mod:`lrkd.data.query_batches`).
     tokenizer:  hub id or local path (resolved with ``resolve_model_path``), or a loaded tokenizer.
     max_length: tokens of the standard view; aug_max_length: tokens of the augmented view, whose
                 ``[CLS] q [SEP] p [SEP]`` prefix is the standard view (max_length tokens).
     annotations: directory of a teacher artefact (``lrkd.artefact``), or None.
+    annotation_superset: the artefact may hold pairs this run does not (matched by (query_id, item_id);
+                the dataset fingerprint is not checked).
     with_augmented_view: also serve ``aug_*`` keys on train batches (the ``crsd`` loss term).
     pool:       None (no pool), or {catalogue: <items file>, retriever: bm25 | minilm, k: 10, seed: 0,
                 device: cpu}: after the split, each train query's top-k catalogue items not judged for it
@@ -148,7 +153,7 @@ class RelevanceDataModule(L.LightningDataModule):
     path, max_pairs: accepted so that configs can forward them to the source; unused here.
 
     After ``setup``: ``frame`` (the DataFrame, the pool rows last), ``splits`` (name -> row indices),
-    ``pool_rows`` (positions of the pool rows, empty without a pool), ``fingerprint``, ``spec``
+    ``pool_rows`` (positions of the pool rows, empty without a pool), ``gold_queries``, ``fingerprint``, ``spec``
     (:class:`DataSpec`), ``tokenizer`` (the loaded tokenizer), ``train_sampler``.
     """
 
@@ -157,7 +162,9 @@ class RelevanceDataModule(L.LightningDataModule):
                  num_workers: int = 0, cache_dir: str = ".cache", annotations: str | None = None,
                  annotation_strict_fingerprint: bool = True, perspectives: Sequence[str] = DEFAULT_PERSPECTIVES,
                  duplicates: str = "error", with_augmented_view: bool = False, seed: int = 42,
-                 path: str | None = None, max_pairs: int | None = None, pool: Mapping | None = None):
+                 path: str | None = None, max_pairs: int | None = None, pool: Mapping | None = None,
+                 gold: Mapping | None = None, sampler: str = "shuffle", query_groups: Mapping | None = None,
+                 annotation_superset: bool = False):
         super().__init__()
         if with_augmented_view and not annotations:
             raise ValueError(
@@ -183,6 +190,9 @@ class RelevanceDataModule(L.LightningDataModule):
         self.with_augmented_view = bool(with_augmented_view)
         self.seed = int(seed)
         self.pool = pool_options(plain(pool))
+        self.gold = gold_options(plain(gold), default_seed=self.seed)
+        self.sampler, self.query_groups = sampler_options(sampler, plain(query_groups))
+        self.annotation_superset = bool(annotation_superset)
         if self.with_augmented_view and self.aug_max_length < self.max_length + 2:
             raise ValueError(f"aug_max_length={self.aug_max_length} must exceed max_length={self.max_length} "
                              "by >= 2 to leave room for a rationale")
@@ -191,6 +201,7 @@ class RelevanceDataModule(L.LightningDataModule):
         self.frame: pd.DataFrame | None = None
         self.splits: dict[str, np.ndarray] = {}
         self.pool_rows: np.ndarray = np.empty(0, dtype=np.int64)
+        self.gold_queries: list = []
         self.fingerprint: str | None = None
         self.label_set: LabelSet | None = None
         self.train_sampler: EpochSeededSampler | None = None
@@ -237,21 +248,21 @@ class RelevanceDataModule(L.LightningDataModule):
         df = df.reset_index(drop=True)
         fingerprint = dataset_fingerprint(df)
 
-        fractions = {k: float(v) for k, v in self.split.items() if k != "seed"}
-        if set(fractions) != set(SPLITS):
-            raise ValueError(f"split needs fractions for exactly {SPLITS} (plus an optional seed), got {list(self.split)}")
-        splits = split_by_query(df["query_id"].tolist(), fractions, seed=int(self.split.get("seed", self.seed)))
+        splits = split_from_config(df["query_id"].tolist(), self.split, default_seed=self.seed)
         if len(splits["train"]) == 0:
             raise DataError(f"dataset {self.name!r}: the train split is empty ({len(df)} pairs, "
                             f"{df['query_id'].nunique()} queries)")
-        if auto_values:
-            label_set = dataclasses.replace(label_set, values=grade_mean_relevance(df, splits["train"], label_set))
-            log.info("labels.values auto (train means): %s", dict(zip(label_set.names, label_set.values)))
+        train_queries = df["query_id"].iloc[splits["train"]].tolist()
         pool_rows = np.empty(0, dtype=np.int64)
         if self.pool is not None:
             df, splits, pool_rows, hit = self._append_pool(df, splits, fingerprint)
             self.cache_hits["pool"] = hit
             fingerprint = dataset_fingerprint(df)
+        # the budget hides train grades (same rows, same texts): the fingerprint stays that of the pairs
+        df, splits, self.gold_queries = apply_gold_budget(df, splits, self.gold, train_queries)
+        if auto_values:  # from the gold train grades (pool and hidden rows are unlabelled)
+            label_set = dataclasses.replace(label_set, values=grade_mean_relevance(df, splits["train"], label_set))
+            log.info("labels.values auto (train means): %s", dict(zip(label_set.names, label_set.values)))
 
         tokenizer = self._load_tokenizer()
         tokens, self.cache_hits["standard"] = tokenize_standard(df, tokenizer, self.max_length, self.cache_dir,
@@ -313,10 +324,12 @@ class RelevanceDataModule(L.LightningDataModule):
         latent dim D, rationale text by row, "" where a row is not annotated)."""
         ann = artefact_lib.load_artefact(self.annotations)
         ann.validate(df, perspectives=list(self.perspectives), label_names=list(label_set.names),
-                     dataset_fingerprint=fingerprint, strict_fingerprint=self.annotation_strict_fingerprint)
+                     dataset_fingerprint=fingerprint, strict_fingerprint=self.annotation_strict_fingerprint,
+                     superset=self.annotation_superset)
         aligned = ann.align(df)  # uniform soft labels and zero latents where a row is not annotated
         perspectives = tuple(ann.perspectives)
         annotated = np.asarray(aligned.annotated, dtype=bool)
+        log.info("artefact %s annotates %d of the %d rows", self.annotations, int(annotated.sum()), len(df))
         rationales = [artefact_lib.format_rationales(aligned.rationales[i], perspectives) if annotated[i] else ""
                       for i in range(len(df))]
         # an annotated row may carry no rationale (a teacher that wrote rationales for a subset only):
@@ -357,6 +370,8 @@ class RelevanceDataModule(L.LightningDataModule):
         self._require_setup()
         trainer = getattr(self, "trainer", None)
         world = max(int(getattr(trainer, "world_size", 1) or 1), 1) if trainer is not None else 1
+        if self.sampler == "query_groups":
+            return num_query_group_batches(self._datasets["train"], self.query_groups)
         return math.ceil(math.ceil(len(self._datasets["train"]) / world) / self.batch_size)
 
     # ---------------------------------------------------------------------------- dataloaders
@@ -374,9 +389,13 @@ class RelevanceDataModule(L.LightningDataModule):
                             sampler=torch.utils.data.SequentialSampler(dataset))
 
     def train_dataloader(self) -> DataLoader:
-        loader = make_train_loader(self.dataset("train"), batch_size=self.batch_size, collate_fn=self._collate,
-                                   seed=self.seed, trainer=self.trainer, num_workers=self.num_workers)
-        self.train_sampler = loader.sampler
+        common = dict(collate_fn=self._collate, seed=self.seed, trainer=self.trainer, num_workers=self.num_workers)
+        if self.sampler == "query_groups":
+            loader = make_query_group_loader(self.dataset("train"), options=self.query_groups, **common)
+            self.train_sampler = loader.batch_sampler
+        else:
+            loader = make_train_loader(self.dataset("train"), batch_size=self.batch_size, **common)
+            self.train_sampler = loader.sampler
         return loader
 
     def val_dataloader(self) -> DataLoader:
