@@ -1,0 +1,97 @@
+"""The label-budget experiment (conf/experiment/label_budget.yaml, conf/budget_arm/): the arms compose
+as documented, share their gold queries per (fold, seed), and every distilled term trains."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CHORUS_LABELS = ["perfect", "good", "fair", "poor"]
+
+
+@pytest.fixture(scope="module")
+def chorus_artefact(tmp_path_factory):
+    """A fixture teacher artefact over EVERY chorus_icecat pair (a superset of any fold's train rows)."""
+    from lrkd.data.schema import LabelSet
+    from lrkd.data.sources import ChorusIcecatSource
+    from tests.fixtures.artefacts import make_artefact
+
+    df = ChorusIcecatSource(path=ROOT / "datasets" / "chorus_icecat" / "pairs.parquet").load(
+        LabelSet(names=tuple(CHORUS_LABELS)), duplicates="error")
+    return make_artefact(df, tmp_path_factory.mktemp("teacher") / "artefact", vector_dim=4,
+                         label_names=CHORUS_LABELS, num_shards=1)
+
+
+def arm(make_cfg, name, *overrides):
+    return make_cfg("experiment=label_budget", f"budget_arm={name}", "label_budget.pool=null", *overrides)
+
+
+def test_the_arms_compose_as_documented(make_cfg):
+    gold = arm(make_cfg, "gold_only", "data.gold.fraction=0.25", "data.split.fold=3", "seed=2")
+    assert gold.data.annotations is None and gold.data.gold.drop_unlabelled and gold.data.sampler == "shuffle"
+    assert set(gold.loss.terms) == {"ce", "ordinal"}
+    assert gold.trainer.max_steps > 0 and gold.trainer.check_val_every_n_epoch is None
+    distilled = arm(make_cfg, "distilled", "data.gold.fraction=0.25", "data.split.fold=3", "seed=2")
+    assert distilled.data.annotations.endswith("artefacts/chorus_icecat/label_budget/f3_s2_g0.25")
+    assert distilled.data.annotation_superset and distilled.data.sampler == "query_groups"
+    assert not distilled.data.gold.drop_unlabelled
+    loss = instantiate(distilled.loss)
+    assert loss.active_terms == ["ce", "ordinal", "kd", "rank_kd"]
+    assert loss.terms["kd"].rows == loss.terms["rank_kd"].rows == "unlabelled"
+    assert not loss.terms["ce"].teacher_label_for_unlabelled and not loss.terms["ordinal"].teacher_label_for_unlabelled
+    # the same training setup otherwise: only the data, the sampler and the loss differ
+    for key in ("trainer", "optimizer", "scheduler", "student", "decision", "data.split", "data.max_length"):
+        assert OmegaConf.select(gold, key) == OmegaConf.select(distilled, key), key
+    full = make_cfg("experiment=label_budget", "budget_arm=distilled")
+    assert full.data.pool.catalogue.endswith("datasets/chorus_icecat/catalogue.parquet")
+
+
+def test_one_fold_and_seed_holds_the_same_nested_gold_queries_in_both_arms(make_cfg, chorus_artefact):
+    gold_sets = {}
+    for fraction in ("0.25", "0.5"):
+        for name in ("gold_only", "distilled"):
+            cfg = arm(make_cfg, name, f"data.gold.fraction={fraction}", "data.split.fold=1", "seed=3",
+                      f"label_budget.artefact={chorus_artefact}")
+            dm = instantiate(cfg.data, seed=cfg.seed, _recursive_=False)
+            dm.setup()
+            gold_sets[fraction, name] = set(dm.gold_queries)
+            train_queries = set(dm.frame["query_id"].iloc[dm.splits["train"]])
+            test_queries = set(dm.frame["query_id"].iloc[dm.splits["test"]])
+            assert not train_queries & test_queries
+            labelled = dm.frame["label"].iloc[dm.splits["train"]] >= 0
+            assert set(dm.frame["query_id"].iloc[dm.splits["train"]][labelled]) == gold_sets[fraction, name]
+            if name == "gold_only":
+                assert labelled.all()
+            else:   # every hidden row is still there, for the teacher
+                assert train_queries > gold_sets[fraction, name] and (~labelled).any()
+        assert gold_sets[fraction, "gold_only"] == gold_sets[fraction, "distilled"]
+    assert gold_sets["0.25", "distilled"] < gold_sets["0.5", "distilled"]
+
+
+def test_every_distilled_term_trains_on_a_query_group_batch(make_cfg, chorus_artefact):
+    from lrkd.student.module import StudentModule
+
+    cfg = arm(make_cfg, "distilled", "data.gold.fraction=0.25", f"label_budget.artefact={chorus_artefact}")
+    with open_dict(cfg):
+        cfg.data.query_groups.queries_per_batch = 4
+    dm = instantiate(cfg.data, seed=cfg.seed, _recursive_=False)
+    dm.setup()
+    spec = {**dm.spec.to_dict(), "train_class_counts": dm.class_counts("train")}
+    model = StudentModule(encoder=cfg.student, extractor=cfg.extractor, loss=cfg.loss, optimizer=cfg.optimizer,
+                          scheduler=cfg.scheduler, data_spec=spec, decision=cfg.decision)
+    assert model.loss_fn.terms["rank_kd"].gains.tolist() == [3.0, 2.0, 1.0, 0.0]
+    batches = iter(dm.train_dataloader())
+    batch = next(b for b in batches if (b["labels"] >= 0).any() and (b["labels"] < 0).any())
+    out = model(batch)
+    for name in model.loss_fn.active_terms:
+        value = model.loss_fn.terms[name](out, batch)["loss"]
+        assert torch.isfinite(value) and float(value.detach()) > 0, name
+        model.zero_grad()
+        value.backward(retain_graph=True)
+        assert any(float(p.grad.abs().sum()) > 0 for p in model.student.parameters() if p.grad is not None), name
+    assert np.isin(batch["query_index"].numpy(), batch["query_index"].numpy()[:1]).sum() >= 2
