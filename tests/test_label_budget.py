@@ -95,3 +95,46 @@ def test_every_distilled_term_trains_on_a_query_group_batch(make_cfg, chorus_art
         value.backward(retain_graph=True)
         assert any(float(p.grad.abs().sum()) > 0 for p in model.student.parameters() if p.grad is not None), name
     assert np.isin(batch["query_index"].numpy(), batch["query_index"].numpy()[:1]).sum() >= 2
+
+
+# ------------------------------------------------------------------- a real reduced sweep (subprocess)
+@pytest.mark.slow
+def test_a_reduced_label_budget_sweep_reports_runs_paired_by_fold_and_seed(tmp_path, token_cache, chorus_artefact):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from lrkd.report import find_jobs, main
+
+    sweep = tmp_path / "sweep"
+    args = ["-m", "experiment=label_budget", "budget_arm=gold_only,distilled", "data.gold.fraction=0.25,1.0",
+            "data.split.fold=0,1", "student=tiny", "trainer.max_steps=2", "trainer.val_check_interval=1",
+            "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "data.eval_batch_size=64",
+            "callbacks.progress_bar=null", "trainer.enable_model_summary=false", f"label_budget.artefact={chorus_artefact}",
+            f"hydra.sweep.dir={sweep}", f"paths.cache_dir={token_cache}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled",
+           "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = find_jobs([sweep])
+    assert len(jobs) == 8 and all(j.status == "ok" for j in jobs), [j.error_summary() for j in jobs]
+
+    out = tmp_path / "report"
+    assert main([str(sweep), "--label-budget", "--out", str(out), "--latency", str(tmp_path / "none.json")]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dataset"] == "chorus_icecat" and [r["gold_fraction"] for r in summary["rows"]] == [0.25, 1.0]
+    metrics = ["test/auc", "test/ndcg@10", "test/tuned/qwk", "test/macro_f1"]
+    by_run = {(j.value("budget_arm"), float(j.value("data.gold.fraction")), f"f{j.value('data.split.fold')}s1"): j.metrics
+              for j in jobs}
+    for row in summary["rows"]:
+        assert row["seeds"] == ["f0s1", "f1s1"]
+        assert "budget_arm=distilled" in row["distilled_overrides"] and "rank_kd" in row["distilled_overrides"]
+        for arm in ("gold_only", "distilled"):
+            assert list(row[arm]) == metrics
+            for m in metrics:   # entry i is the run of replicate seeds[i]: paired by (fold, seed)
+                assert row[arm][m] == [by_run[arm, row["gold_fraction"], rid][m] for rid in row["seeds"]]
+    distilled = [j for j in jobs if j.value("budget_arm") == "distilled"]
+    assert {j.value("data.annotations") for j in distilled} == {str(chorus_artefact)}
+    assert (out / "label_budget.png").is_file() and "Δ (paired)" in (out / "label_budget.md").read_text()
