@@ -67,8 +67,9 @@ class QueryGroupOrder:
         self.items_per_query = items_per_query
         self.seed = int(seed)
         self.epoch = 0
-        _, self._members = np.unique(self.query_index, return_inverse=True)
-        self._queries = [np.flatnonzero(self._members == q) for q in range(int(self._members.max(initial=-1)) + 1)]
+        _, members = np.unique(self.query_index, return_inverse=True)
+        order = np.argsort(members, kind="stable")      # item positions grouped by query, ascending
+        self._queries = np.split(order, np.cumsum(np.bincount(members))[:-1]) if len(order) else []
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
