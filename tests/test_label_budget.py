@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 CHORUS_LABELS = ["perfect", "good", "fair", "poor"]
@@ -77,16 +77,18 @@ def test_every_distilled_term_trains_on_a_query_group_batch(make_cfg, chorus_art
     from lrkd.student.module import StudentModule
 
     cfg = arm(make_cfg, "distilled", "data.gold.fraction=0.25", f"label_budget.artefact={chorus_artefact}")
-    with open_dict(cfg):
-        cfg.data.query_groups.queries_per_batch = 4
     dm = instantiate(cfg.data, seed=cfg.seed, _recursive_=False)
     dm.setup()
     spec = {**dm.spec.to_dict(), "train_class_counts": dm.class_counts("train")}
     model = StudentModule(encoder=cfg.student, extractor=cfg.extractor, loss=cfg.loss, optimizer=cfg.optimizer,
                           scheduler=cfg.scheduler, data_spec=spec, decision=cfg.decision)
     assert model.loss_fn.terms["rank_kd"].gains.tolist() == [3.0, 2.0, 1.0, 0.0]
-    batches = iter(dm.train_dataloader())
-    batch = next(b for b in batches if (b["labels"] >= 0).any() and (b["labels"] < 0).any())
+    loader = dm.train_dataloader()
+    # labelled_per_batch: 1 -> every batch holds gold rows (of one query) and rows to distil
+    for batch in loader:
+        assert (batch["labels"] >= 0).any() and (batch["labels"] < 0).any()
+        assert len(set(batch["query_index"][batch["labels"] >= 0].tolist())) == 1
+    assert len(loader) == dm.num_train_batches > 100
     out = model(batch)
     for name in model.loss_fn.active_terms:
         value = model.loss_fn.terms[name](out, batch)["loss"]

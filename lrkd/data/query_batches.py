@@ -7,6 +7,14 @@ whole query in one group). A batch is ``queries_per_batch`` groups, so it holds 
 ``queries_per_batch * items_per_query`` rows (a query longer than ``items_per_query`` is spread over
 several groups; two of them may share a batch, and their rows are then compared too).
 
+With ``labelled_per_batch: k`` (null: off), each batch holds k groups of *labelled* queries (a query
+with at least one gold grade) and ``queries_per_batch - k`` of the others, as semi-supervised
+training mixes labelled and unlabelled batches: with gold grades on 10 % of the queries, a plain
+batch of 2 queries holds no gold grade 81 % of the time, and ``ce``/``ordinal`` would see a fifth
+of the gold signal the gold-only student sees. An epoch is then as long as the longer of the two
+lists needs; the shorter one is cycled through (in this epoch's order). With no query of one kind,
+batches are plain.
+
 The order is a pure function of (seed, epoch): the rows within each query and the order of the
 groups are drawn from one generator seeded by ``seed + epoch``, as in
 :class:`~lrkd.data.sampler.EpochSeededSampler`. A run resumed mid-epoch skips exactly the batches
@@ -18,6 +26,7 @@ with an error saying so.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Mapping
 
@@ -28,12 +37,12 @@ from lrkd.compat import batches_done_this_epoch
 from lrkd.data.sampler import ResumableDataLoader
 
 SAMPLERS = ("shuffle", "query_groups")
-DEFAULT_QUERY_GROUPS = {"queries_per_batch": 2, "items_per_query": 16}
+DEFAULT_QUERY_GROUPS = {"queries_per_batch": 2, "items_per_query": 16, "labelled_per_batch": None}
 
 
 def sampler_options(sampler: str, options: Mapping | None) -> tuple[str, dict]:
     """(``data.sampler``, ``data.query_groups`` checked and completed: {queries_per_batch >= 1,
-    items_per_query >= 2 or None})."""
+    items_per_query >= 2 or None, labelled_per_batch in [1, queries_per_batch) or None})."""
     if sampler not in SAMPLERS:
         raise ValueError(f"data.sampler must be one of {SAMPLERS}, got {sampler!r}")
     given = dict(options or {})
@@ -49,6 +58,11 @@ def sampler_options(sampler: str, options: Mapping | None) -> tuple[str, dict]:
         if out["items_per_query"] < 2:
             raise ValueError("data.query_groups.items_per_query must be >= 2 (a ranking needs two items) or null, "
                              f"got {out['items_per_query']}")
+    if out["labelled_per_batch"] is not None:
+        out["labelled_per_batch"] = int(out["labelled_per_batch"])
+        if not 1 <= out["labelled_per_batch"] < out["queries_per_batch"]:
+            raise ValueError(f"data.query_groups.labelled_per_batch must be in [1, queries_per_batch="
+                             f"{out['queries_per_batch']}) or null, got {out['labelled_per_batch']}")
     return sampler, out
 
 
@@ -58,11 +72,17 @@ def item_queries(dataset) -> np.ndarray:
     return np.asarray(dataset.query_index)[np.asarray(dataset.rows)]
 
 
+def item_labelled(dataset) -> np.ndarray:
+    """[N] whether each item of a :class:`~lrkd.data.datamodule.PairDataset` has a gold grade."""
+    return np.asarray(dataset.labels)[np.asarray(dataset.rows)] >= 0
+
+
 class QueryGroupOrder:
     """The per-epoch order of the groups (what Lightning calls ``set_epoch`` on, as
-    ``batch_sampler.sampler``). ``query_index``: [N] the query of each dataset item."""
+    ``batch_sampler.sampler``). ``query_index``: [N] the query of each dataset item; ``labelled``:
+    optional [N] bool, whether the item has a gold grade (a query is labelled when one of its items is)."""
 
-    def __init__(self, query_index, items_per_query: int | None, seed: int = 0):
+    def __init__(self, query_index, items_per_query: int | None, seed: int = 0, labelled=None):
         self.query_index = np.asarray(query_index, dtype=np.int64)
         self.items_per_query = items_per_query
         self.seed = int(seed)
@@ -70,6 +90,8 @@ class QueryGroupOrder:
         _, members = np.unique(self.query_index, return_inverse=True)
         order = np.argsort(members, kind="stable")      # item positions grouped by query, ascending
         self._queries = np.split(order, np.cumsum(np.bincount(members))[:-1]) if len(order) else []
+        flags = np.zeros(len(self.query_index), bool) if labelled is None else np.asarray(labelled, bool)
+        self._labelled = [bool(flags[rows].any()) for rows in self._queries]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -81,25 +103,31 @@ class QueryGroupOrder:
     def num_groups(self) -> int:
         return sum(self._chunks(len(rows)) for rows in self._queries)
 
-    def groups(self) -> list[list[int]]:
-        """This epoch's groups (lists of item positions), in batch order."""
+    @property
+    def num_labelled_groups(self) -> int:
+        return sum(self._chunks(len(rows)) for rows, lab in zip(self._queries, self._labelled) if lab)
+
+    def groups(self) -> list[tuple[list[int], bool]]:
+        """This epoch's groups (item positions, whether their query is labelled), in batch order."""
         g = torch.Generator()
         g.manual_seed(self.seed + self.epoch)
         groups = []
-        for rows in self._queries:
+        for rows, labelled in zip(self._queries, self._labelled):
             rows = rows[torch.randperm(len(rows), generator=g).numpy()]
-            groups += [part.tolist() for part in np.array_split(rows, self._chunks(len(rows)))]
+            groups += [(part.tolist(), labelled) for part in np.array_split(rows, self._chunks(len(rows)))]
         order = torch.randperm(len(groups), generator=g).tolist()
         return [groups[i] for i in order]
 
 
 class QueryGroupBatchSampler:
-    """Batches of ``queries_per_batch`` groups of :class:`QueryGroupOrder` (a ``batch_sampler``);
-    ``_skip`` batches of the first epoch iterated are skipped (a mid-epoch resume)."""
+    """Batches of ``queries_per_batch`` groups of :class:`QueryGroupOrder` (a ``batch_sampler``),
+    ``labelled_per_batch`` of them labelled when set (module docstring); ``_skip`` batches of the
+    first epoch iterated are skipped (a mid-epoch resume)."""
 
-    def __init__(self, order: QueryGroupOrder, queries_per_batch: int):
+    def __init__(self, order: QueryGroupOrder, queries_per_batch: int, labelled_per_batch: int | None = None):
         self.sampler = order
         self.queries_per_batch = int(queries_per_batch)
+        self.labelled_per_batch = labelled_per_batch
         self._skip = 0
         self.consumed = 0
 
@@ -114,9 +142,22 @@ class QueryGroupBatchSampler:
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
+    def _mixed(self) -> tuple[int, int] | None:
+        """(labelled, other) groups per batch when batches mix them, else None."""
+        labelled = self.sampler.num_labelled_groups
+        if not self.labelled_per_batch or labelled in (0, self.sampler.num_groups):
+            return None
+        return self.labelled_per_batch, self.queries_per_batch - self.labelled_per_batch
+
     def batches(self) -> list[list[int]]:
-        groups, k = self.sampler.groups(), self.queries_per_batch
-        return [[i for group in groups[s:s + k] for i in group] for s in range(0, len(groups), k)]
+        groups, k, mixed = self.sampler.groups(), self.queries_per_batch, self._mixed()
+        if mixed is None:
+            return [[i for group, _ in groups[s:s + k] for i in group] for s in range(0, len(groups), k)]
+        sides = [[g for g, lab in groups if lab], [g for g, lab in groups if not lab]]
+        n = len(self)
+        cycled = [list(itertools.islice(itertools.cycle(side), n * per)) for side, per in zip(sides, mixed)]
+        return [[i for side, per in zip(cycled, mixed) for group in side[b * per:(b + 1) * per] for i in group]
+                for b in range(n)]
 
     def __iter__(self):
         start, self._skip = self._skip, 0
@@ -126,7 +167,11 @@ class QueryGroupBatchSampler:
             yield batch
 
     def __len__(self) -> int:
-        return math.ceil(self.sampler.num_groups / self.queries_per_batch)
+        mixed = self._mixed()
+        if mixed is None:
+            return math.ceil(self.sampler.num_groups / self.queries_per_batch)
+        labelled = self.sampler.num_labelled_groups
+        return max(math.ceil(labelled / mixed[0]), math.ceil((self.sampler.num_groups - labelled) / mixed[1]))
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed}
@@ -146,10 +191,15 @@ class QueryGroupLoader(ResumableDataLoader):
         self.batch_sampler.set_epoch(int(state.get("epoch", 0)))
 
 
+def _batch_sampler(dataset, options: Mapping, seed: int) -> QueryGroupBatchSampler:
+    order = QueryGroupOrder(item_queries(dataset), options["items_per_query"], seed=seed,
+                            labelled=item_labelled(dataset) if options.get("labelled_per_batch") else None)
+    return QueryGroupBatchSampler(order, options["queries_per_batch"], options.get("labelled_per_batch"))
+
+
 def num_query_group_batches(dataset, options: Mapping) -> int:
     """Batches per epoch of the ``query_groups`` sampler over ``dataset`` (:func:`item_queries`)."""
-    order = QueryGroupOrder(item_queries(dataset), options["items_per_query"])
-    return math.ceil(order.num_groups / options["queries_per_batch"])
+    return len(_batch_sampler(dataset, options, seed=0))
 
 
 def make_query_group_loader(dataset, *, options: Mapping, collate_fn, seed: int, trainer=None,
@@ -160,8 +210,7 @@ def make_query_group_loader(dataset, *, options: Mapping, collate_fn, seed: int,
     if world > 1:
         raise ValueError(f"data.sampler=query_groups runs on one process only, but the trainer has {world} ranks "
                          "(DDP / DeepSpeed): use data.sampler=shuffle there, or trainer=cpu|gpu")
-    batches = QueryGroupBatchSampler(QueryGroupOrder(item_queries(dataset), options["items_per_query"], seed=seed),
-                                     options["queries_per_batch"])
+    batches = _batch_sampler(dataset, options, seed)
     if trainer is not None:
         batches.set_epoch(int(getattr(trainer, "current_epoch", 0) or 0))
         batches._skip = batches_done_this_epoch(trainer)

@@ -39,11 +39,32 @@ def test_items_per_query_cuts_long_queries_into_groups():
     sampler, out = batches(q, queries_per_batch=2, items_per_query=4)
     assert sorted(i for b in out for i in b) == list(range(len(q)))
     assert max(len(b) for b in out) <= 8
-    groups = sampler.sampler.groups()
+    groups = [g for g, _ in sampler.sampler.groups()]
     assert all(len(g) <= 4 and len(set(q[g])) == 1 for g in groups)
     assert len(groups) == sum(-(-s // 4) for s in SIZES) and len(out) == len(sampler)
     dataset = SimpleNamespace(query_index=np.concatenate([q, [99]]), rows=np.arange(len(q)))
     assert num_query_group_batches(dataset, {"queries_per_batch": 2, "items_per_query": 4}) == len(out)
+
+
+def test_labelled_per_batch_puts_gold_queries_in_every_batch():
+    q = item_queries([6, 3, 5, 2, 7, 4, 3, 5, 6, 2])
+    labelled = np.isin(q, [1, 4])                       # 2 of the 10 queries hold gold grades
+    order = QueryGroupOrder(q, 4, seed=3, labelled=labelled)
+    sampler = QueryGroupBatchSampler(order, 3, labelled_per_batch=1)
+    out = list(sampler)
+    gold_groups = sum(-(-s // 4) for s in (3, 7))        # 3 groups of the labelled queries
+    other_groups = order.num_groups - gold_groups
+    assert len(out) == len(sampler) == max(gold_groups, -(-other_groups // 2))
+    for batch in out:
+        assert labelled[batch].any() and (~labelled[batch]).any()
+        assert len(set(q[batch][labelled[batch]])) == 1  # one labelled group (a chunk of one query)
+    unlabelled_seen = sorted(i for b in out for i in b if not labelled[i])
+    assert unlabelled_seen == np.flatnonzero(~labelled).tolist()       # each other item once an epoch
+    assert set(i for b in out for i in b if labelled[i]) == set(np.flatnonzero(labelled))  # gold cycled
+    assert out == list(QueryGroupBatchSampler(QueryGroupOrder(q, 4, seed=3, labelled=labelled), 3, 1))
+    # every query labelled (or none): plain batches
+    plain = QueryGroupBatchSampler(QueryGroupOrder(q, 4, seed=3, labelled=np.ones(len(q), bool)), 3, 1)
+    assert list(plain) == batches(q, queries_per_batch=3, items_per_query=4, seed=3)[1]
 
 
 def test_order_is_a_function_of_seed_and_epoch():
@@ -89,10 +110,12 @@ def test_loader_skips_the_batches_the_checkpointed_run_trained_on():
 
 
 def test_sampler_options_are_checked():
-    assert sampler_options("shuffle", None) == ("shuffle", {"queries_per_batch": 2, "items_per_query": 16})
+    assert sampler_options("shuffle", None) == ("shuffle", {"queries_per_batch": 2, "items_per_query": 16,
+                                                             "labelled_per_batch": None})
     assert sampler_options("query_groups", {"items_per_query": None})[1]["items_per_query"] is None
     for sampler, options, match in (("random", None, "data.sampler"), ("query_groups", {"queries_per_batch": 0}, ">= 1"),
                                     ("query_groups", {"items_per_query": 1}, ">= 2"),
-                                    ("query_groups", {"size": 3}, "unknown")):
+                                    ("query_groups", {"size": 3}, "unknown"),
+                                    ("query_groups", {"queries_per_batch": 2, "labelled_per_batch": 2}, "labelled_per_batch")):
         with pytest.raises(ValueError, match=match):
             sampler_options(sampler, options)
