@@ -19,6 +19,8 @@ import numpy as np
 from omegaconf import DictConfig
 
 from lrkd.stages.base import StageRun, select_rows, stage_folder
+from lrkd.teacher.engines import resolve_engine
+from lrkd.teacher.score_pool import EXECUTION_KEY
 from lrkd.stages.teacher_common import load_pairs
 from lrkd.utils import plain
 
@@ -58,7 +60,9 @@ def reading_settings(cfg: DictConfig, gguf: str) -> dict:
 
     return {"gguf": os.path.basename(gguf), "gguf_bytes": os.path.getsize(gguf), "teacher": str(cfg.teacher.name),
             "max_item_words": cfg.stage.get("max_item_words"), "instruction": JUDGE_INSTRUCTION,
-            "prefix": JUDGE_PREFIX, "answers": list(JUDGE_ANSWERS), "n_batch": int(cfg.teacher.llama_cpp.n_batch)}
+            "prefix": JUDGE_PREFIX, "answers": list(JUDGE_ANSWERS), "n_batch": int(cfg.teacher.llama_cpp.n_batch),
+            EXECUTION_KEY: {"engine": resolve_engine(str(cfg.teacher.llama_cpp.get("engine", "cyllama")), gguf),
+                            "n_seq": int(cfg.teacher.llama_cpp.get("n_seq", 1))}}
 
 
 def read_splits(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
@@ -77,8 +81,7 @@ def read_splits(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
     from lrkd.teacher.llama_cpp import gguf_embedding_dim
 
     manifest["vector_dim"] = gguf_embedding_dim(gguf)
-    runtime = {k: int(v) for k, v in plain(cfg.teacher.llama_cpp).items()}
-    return score_pairs(prompts, gguf=gguf, runtime=runtime, reads_dir=reads_folder(cfg),
+    return score_pairs(prompts, gguf=gguf, runtime=plain(cfg.teacher.llama_cpp), reads_dir=reads_folder(cfg),
                        manifest=manifest, reader=JudgementReader(prefix_ids, answer_ids),
                        workers=int(cfg.stage.workers), shard_size=int(cfg.stage.shard_size))
 
@@ -120,8 +123,8 @@ def write_rationales(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
                 "extra": settings}
     reader = RationaleReader(tokenizer.name_or_path, perspectives, grades, int(spec.max_new_tokens),
                              int(spec.no_repeat_ngram_size))
-    runtime = {k: int(v) for k, v in plain(cfg.teacher.llama_cpp).items()}
-    return score_pairs(prompts, gguf=gguf, runtime=runtime, reads_dir=reads_folder(cfg) / "rationales",
+    return score_pairs(prompts, gguf=gguf, runtime=plain(cfg.teacher.llama_cpp),
+                       reads_dir=reads_folder(cfg) / "rationales",
                        manifest=manifest, reader=reader, workers=int(cfg.stage.workers),
                        shard_size=int(spec.get("shard_size", 8)))
 

@@ -16,12 +16,13 @@ teacher stages need:
   completion-only n-gram blocking (:class:`lrkd.teacher.annotate.CompletionNoRepeatNGram`'s rule)
   and stop at an end-of-generation token.
 
-Why cyllama: a prebuilt manylinux wheel of upstream llama.cpp (installs in seconds, no compiler),
-with the whole C API the teacher needs (per-position logits and embeddings, ``memory_seq_rm`` for
-prefix reuse). ``llama-cpp-python`` has to compile here (26 min); ``ik-llama-cpp-python`` is a fork
-whose KV-cache editing needs hand-written ctypes; ``llama-cpp-py-sync`` needs glibc 2.38.
-llama.cpp threads spin-wait on each other, so several one-thread worker processes sharing the
-memory-mapped file beat one process with several threads (:mod:`lrkd.teacher.score_pool`).
+The engine (:mod:`lrkd.teacher.engines`) is the binding: ``cyllama`` (a prebuilt wheel of upstream
+llama.cpp) or ``ik_llama`` (a prebuilt wheel of the ik_llama.cpp fork, about twice as fast on batches
+of tokens here). ``llama-cpp-python`` has to compile here (26 min); ``llama-cpp-py-sync`` needs
+glibc 2.38. llama.cpp threads spin-wait on each other, so several one-thread worker processes
+sharing the memory-mapped file beat one process with several threads on one sequence
+(:mod:`lrkd.teacher.score_pool`); :class:`lrkd.teacher.batched.BatchedDecoder` runs many sequences
+in one context instead.
 """
 from __future__ import annotations
 
@@ -32,29 +33,9 @@ from typing import Sequence
 
 import numpy as np
 
+from lrkd.teacher.engines import open_engine
+
 log = logging.getLogger(__name__)
-
-INSTALL_HINT = "pip install 'lrkd[llamacpp]'  (the cyllama binding of llama.cpp, a prebuilt wheel)"
-
-
-def _binding():
-    try:
-        import cyllama.llama.llama_cpp as cy
-    except ImportError as e:  # pragma: no cover - depends on the extra
-        raise ImportError(f"teacher.runtime=llama_cpp needs the llama.cpp binding: {INSTALL_HINT}") from e
-    return cy
-
-
-def _quiet_logs(cy) -> None:
-    """Silence llama.cpp's per-tensor load log (thousands of lines per worker)."""
-    for name in ("disable_logging", "llama_log_disable"):
-        fn = getattr(cy, name, None)
-        if callable(fn):
-            try:
-                fn()
-                return
-            except Exception:  # noqa: BLE001 - best effort
-                pass
 
 
 def gguf_embedding_dim(path: str | os.PathLike) -> int:
@@ -70,67 +51,52 @@ def gguf_embedding_dim(path: str | os.PathLike) -> int:
 @dataclass
 class Reading:
     """What :meth:`LlamaCppRuntime.read` returns. logits: [V] float32 next-token logits after the
-    last token. hidden: [n, D] float32 last-layer states of the read tokens (None when not asked)."""
+    last token ([len(logit_ids)] when read with ``logit_ids``). hidden: [n, D] float32 last-layer states of the read tokens (None when not asked)."""
 
     logits: np.ndarray
     hidden: np.ndarray | None
 
 
 class LlamaCppRuntime:
-    """One llama.cpp context over ``gguf_path`` (see the module docstring).
+    """One sequence on one llama.cpp context over ``gguf_path`` (see the module docstring).
 
     n_ctx: context length in tokens (prompt + completion). n_threads: threads of this process
     (1 is fastest per core on a CPU; use several processes). n_batch: the largest batch decoded at
-    once (longer inputs are split into n_batch chunks, always at the same places).
+    once (longer inputs are split into n_batch chunks, always at the same places). engine: the
+    binding (:mod:`lrkd.teacher.engines`: ``cyllama`` | ``ik_llama``).
     """
 
     def __init__(self, gguf_path: str | os.PathLike, *, n_ctx: int = 2048, n_threads: int = 1, n_batch: int = 512,
-                 verbose: bool = False):
-        cy = _binding()
-        if not verbose:
-            _quiet_logs(cy)
-        if not os.path.isfile(str(gguf_path)):
-            raise FileNotFoundError(f"no GGUF file at {gguf_path}")
-
-        class _Model(cy.LlamaModel):  # cyllama 0.2.18 reads model.n_vocab in get_logits_ith
-            @property
-            def n_vocab(self):
-                return self.get_vocab().n_vocab
-
-        params = cy.LlamaModelParams()
-        params.n_gpu_layers = 0
-        self.path = str(gguf_path)
-        self.model = _Model(self.path, params)
-        self.vocab = self.model.get_vocab()
-        ctx_params = cy.LlamaContextParams()
-        ctx_params.n_ctx = int(n_ctx)
-        ctx_params.n_batch = ctx_params.n_ubatch = int(n_batch)
-        ctx_params.n_threads = ctx_params.n_threads_batch = int(n_threads)
-        ctx_params.embeddings = True   # per-position hidden states, alongside the logits
-        ctx_params.pooling_type = 0    # LLAMA_POOLING_TYPE_NONE
-        self.ctx = cy.LlamaContext(self.model, ctx_params)
-        self._cy = cy
+                 engine: str = "cyllama", verbose: bool = False):
+        self.engine = open_engine(gguf_path, engine, n_ctx=int(n_ctx), n_threads=int(n_threads),
+                                  n_batch=int(n_batch), n_seq=1)
+        self.path = self.engine.path
         self.n_ctx, self.n_batch = int(n_ctx), int(n_batch)
-        self.n_vocab, self.n_embd = int(self.vocab.n_vocab), int(self.model.n_embd)
+        self.n_vocab, self.n_embd = self.engine.n_vocab, self.engine.n_embd
         self._cached_prefix: list[tuple[int, ...]] = []
         self.cache_prefix = True
         self.stats = {"prefix_decodes": 0, "prefix_hits": 0, "tokens_decoded": 0}
+        self._last: list[int] = []  # batch indices with an output in the last decode
 
     # ---------------------------------------------------------------------------------- decoding
-    def _decode(self, tokens: Sequence[int], start: int, outputs: str) -> None:
-        """Decode ``tokens`` at positions ``start...`` in n_batch chunks; outputs: 'none' | 'last' | 'all'."""
+    def _decode(self, tokens: Sequence[int], start: int, outputs: str, hidden: bool = False) -> list[np.ndarray]:
+        """Decode ``tokens`` at positions ``start...`` in n_batch chunks; outputs: 'none' | 'last' | 'all'.
+        Returns, with ``hidden``, the [D] states of the outputs."""
         total = len(tokens)
         if start + total > self.n_ctx:
             raise ValueError(f"{start + total} tokens do not fit the context of {self.n_ctx} (teacher.llama_cpp.n_ctx)")
+        states = []
         for offset in range(0, total, self.n_batch):
-            chunk = tokens[offset:offset + self.n_batch]
-            batch = self._cy.LlamaBatch(n_tokens=len(chunk), embd=0, n_seq_max=1)
+            chunk = list(tokens[offset:offset + self.n_batch])
             last_chunk = offset + len(chunk) == total
-            for i, token in enumerate(chunk):
-                want = outputs == "all" or (outputs == "last" and last_chunk and i == len(chunk) - 1)
-                batch.add(int(token), start + offset + i, [0], want)
-            self.ctx.decode(batch)
+            want = [outputs == "all" or (outputs == "last" and last_chunk and i == len(chunk) - 1)
+                    for i in range(len(chunk))]
+            self._last = self.engine.decode(chunk, range(start + offset, start + offset + len(chunk)),
+                                            [0] * len(chunk), want, hidden=hidden and any(want))
+            if hidden:
+                states += [self.engine.hidden(i) for i in self._last]
             self.stats["tokens_decoded"] += len(chunk)
+        return states
 
     def _set_prefix(self, segments: Sequence[Sequence[int]]) -> int:
         """Make the KV cache hold exactly the concatenated ``segments``, each decoded as one batch;
@@ -142,10 +108,10 @@ class LlamaCppRuntime:
                 keep += 1
         start = sum(len(seg) for seg in segments[:keep])
         if keep:
-            self.ctx.memory_seq_rm(0, start, -1)
+            self.engine.seq_rm(0, start, -1)
             self.stats["prefix_hits"] += 1
         else:
-            self.ctx.kv_cache_clear()
+            self.engine.clear()
         self._cached_prefix = list(segments[:keep])
         for seg in segments[keep:]:
             if seg:
@@ -155,25 +121,21 @@ class LlamaCppRuntime:
             self._cached_prefix.append(seg)
         return start
 
-    def _logits(self, i: int = -1) -> np.ndarray:
-        return np.asarray(self.ctx.get_logits_ith(i), dtype=np.float32)
-
-    def read(self, prefix: Sequence[Sequence[int]], tokens: Sequence[int], hidden: bool = False) -> Reading:
+    def read(self, prefix: Sequence[Sequence[int]], tokens: Sequence[int], hidden: bool = False,
+             logit_ids: Sequence[int] | None = None) -> Reading:
         """Teacher-force the ``prefix`` segments, then ``tokens`` (non-empty), and read the logits
-        after the last token and, with ``hidden``, the last-layer states of ``tokens``."""
+        after the last token (all [V], or those of ``logit_ids``) and, with ``hidden``, the
+        last-layer states of ``tokens``."""
         if not len(tokens):
             raise ValueError("read() needs at least one token after the prefix")
         start = self._set_prefix(prefix)
-        self._decode(list(tokens), start, "all" if hidden else "last")
-        logits = self._logits(-1)
-        states = None
-        if hidden:
-            states = np.stack([np.asarray(self.ctx.get_embeddings_ith(i), dtype=np.float32)
-                               for i in range(len(tokens))])
-        return Reading(logits, states)
+        states = self._decode(list(tokens), start, "all" if hidden else "last", hidden=hidden)
+        last = self._last[-1]
+        logits = self.engine.logits(last) if logit_ids is None else self.engine.token_logits(last, logit_ids)
+        return Reading(logits, np.stack(states) if hidden else None)
 
     def is_end(self, token: int) -> bool:
-        return bool(self.vocab.is_eog(int(token)))
+        return self.engine.is_eog(token)
 
     def generate(self, prefix: Sequence[Sequence[int]], tokens: Sequence[int], max_new_tokens: int, *,
                  temperature: float = 0.0, seed: int = 0, no_repeat_ngram_size: int = 0) -> list[int]:
@@ -189,7 +151,7 @@ class LlamaCppRuntime:
         out: list[int] = []
         n = int(no_repeat_ngram_size)
         for _ in range(int(max_new_tokens)):
-            logits = self._logits(-1)
+            logits = self.engine.logits(self._last[-1])
             if n > 0 and len(out) >= n - 1:
                 head = tuple(out[len(out) - n + 1:]) if n > 1 else ()
                 banned = [out[i + n - 1] for i in range(len(out) - n + 1) if tuple(out[i:i + n - 1]) == head]
@@ -211,14 +173,9 @@ class LlamaCppRuntime:
         return out
 
     def close(self) -> None:
-        for name in ("ctx", "model"):
-            obj = getattr(self, name, None)
-            if obj is not None and hasattr(obj, "close"):
-                try:
-                    obj.close()
-                except Exception:  # noqa: BLE001
-                    pass
-            setattr(self, name, None)
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
 
 
-__all__ = ["LlamaCppRuntime", "Reading", "INSTALL_HINT"]
+__all__ = ["LlamaCppRuntime", "Reading"]

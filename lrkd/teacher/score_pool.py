@@ -19,8 +19,13 @@ cut to 25 words), against about 20 s for a generated multi-perspective rationale
 
 Readings are written as ordinary artefact shards (:class:`lrkd.artefact.ArtefactWriter`, raw soft
 labels) into one part per worker, ``<reads>/worker-<r>/``. A killed run resumes: pairs in any part are
-not read again, the rest are dealt round-robin to the workers (any number). Parts written with other
-settings (another ``extra`` record) are removed. :func:`iter_reads` reads them back.
+not read again, the rest are dealt round-robin to the workers (any number). A part written with other
+settings (another ``extra`` record) stops the run with an error and is never removed; the engine and
+the batching (``extra["execution"]``) are provenance, not settings. :func:`iter_reads` reads them back.
+
+With ``teacher.llama_cpp.n_seq`` > 1 a worker runs ``n_seq`` pairs at once in one context
+(:class:`lrkd.teacher.batched.BatchedDecoder`): each reader is also a request program that gives the
+same reading (equal up to the kernels' batch-shape rounding).
 """
 from __future__ import annotations
 
@@ -28,7 +33,6 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +46,8 @@ from lrkd.artefact.ranks import artefact_keys
 from lrkd.data.encode import item_text
 from lrkd.data.schema import text_fields
 from lrkd.teacher.annotate import _token_spans, grade_token_ids, label_prefix, rationale_char_spans
+from lrkd.teacher.batched import BatchedDecoder, Feed, Prefix, Rewind, context_cells, generation
+from lrkd.teacher.engines import open_engine
 from lrkd.teacher.llama_cpp import LlamaCppRuntime
 from lrkd.teacher.parse import parse_multi
 from lrkd.teacher.prompts import (Perspective, one_line, prompt_add_special_tokens, render_judge_prompt,
@@ -91,11 +97,15 @@ def read_pair(runtime, shared: Sequence[int], pair: Sequence[int], prefix_ids: S
               answer_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """(answer probabilities [A] float32, decision state [1, D] float32) of one pair: softmax over
     the answer tokens' logits, and the last hidden state, after ``shared + pair + prefix``."""
-    reading = runtime.read([shared, pair], prefix_ids, hidden=True)
-    z = reading.logits[np.asarray(answer_ids)].astype(np.float64)
-    probs = np.exp(z - z.max())
-    probs /= probs.sum()
-    return probs.astype(np.float32), reading.hidden[-1:].astype(np.float32)
+    reading = runtime.read([shared, pair], prefix_ids, hidden=True, logit_ids=answer_ids)
+    return softmax(reading.logits), reading.hidden[-1:].astype(np.float32)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """float32 softmax of a 1-d array of logits (computed in float64)."""
+    z = np.asarray(z, dtype=np.float64)
+    p = np.exp(z - z.max())
+    return (p / p.sum()).astype(np.float32)
 
 
 class JudgementReader:
@@ -110,6 +120,14 @@ class JudgementReader:
     def __call__(self, runtime, prompt: "PairPrompt") -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
         probs, state = read_pair(runtime, prompt.shared, prompt.pair, self.prefix_ids, self.answer_ids)
         return probs, state, {}
+
+    def program(self, prompt: "PairPrompt", limits: "SequenceLimits"):
+        """The same reading as a :class:`lrkd.teacher.batched.BatchedDecoder` request: the pair, then
+        the answer prefix, each fed whole as :func:`read_pair` decodes them."""
+        yield Prefix(tuple(prompt.shared))
+        yield Feed(prompt.pair, "none")
+        result = yield Feed(self.prefix_ids, "last", logit_ids=self.answer_ids, hidden=True)
+        return softmax(result.logits), result.hidden[-1:].astype(np.float32), {}
 
 
 class RationaleReader:
@@ -139,23 +157,54 @@ class RationaleReader:
             self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir)
         return self._tokenizer
 
-    def __call__(self, runtime, prompt: "PairPrompt") -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    def _canonical(self, ids: Sequence[int]) -> tuple[dict[str, str], str, list[int]]:
+        """(rationale per perspective, the canonical completion up to ``Label:``, its token ids)."""
         tok = self.tokenizer()
         perspectives = [Perspective(*p) for p in self.perspectives]
-        ids = runtime.generate([prompt.shared], prompt.pair, self.max_new_tokens,
-                               no_repeat_ngram_size=self.no_repeat_ngram_size)
         parsed = parse_multi(tok.decode(ids, skip_special_tokens=True), perspectives, self.grade_names)
         rationales = {p.name: one_line(parsed.rationales.get(p.name, "")) for p in perspectives}
         prefix = label_prefix(rationales, perspectives, self.grade_names)
-        prefix_ids = tok(prefix, add_special_tokens=False)["input_ids"]
-        reading = runtime.read([prompt.shared, prompt.pair], prefix_ids, hidden=True)
-        z = reading.logits[np.asarray(grade_token_ids(tok, self.grade_names))].astype(np.float64)
-        soft = np.exp(z - z.max())
-        soft /= soft.sum()
+        return rationales, prefix, tok(prefix, add_special_tokens=False)["input_ids"]
+
+    def _readout(self, prefix: str, grade_logits: np.ndarray, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(soft label [C], per-perspective mean state over its rationale's tokens [K, D])."""
+        tok = self.tokenizer()
+        perspectives = [Perspective(*p) for p in self.perspectives]
         spans = _token_spans(tok, prefix, rationale_char_spans(prefix, perspectives))
-        latents = np.stack([reading.hidden[t].mean(axis=0) if len(t) else np.zeros(reading.hidden.shape[1])
-                            for t in spans])
-        return soft.astype(np.float32), latents.astype(np.float32), rationales
+        latents = np.stack([hidden[t].mean(axis=0) if len(t) else np.zeros(hidden.shape[1]) for t in spans])
+        return softmax(grade_logits), latents.astype(np.float32)
+
+    def grade_ids(self) -> list[int]:
+        return list(grade_token_ids(self.tokenizer(), self.grade_names))
+
+    def __call__(self, runtime, prompt: "PairPrompt") -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+        ids = runtime.generate([prompt.shared], prompt.pair, self.max_new_tokens,
+                               no_repeat_ngram_size=self.no_repeat_ngram_size)
+        rationales, prefix, prefix_ids = self._canonical(ids)
+        reading = runtime.read([prompt.shared, prompt.pair], prefix_ids, hidden=True, logit_ids=self.grade_ids())
+        soft, latents = self._readout(prefix, reading.logits, reading.hidden)
+        return soft, latents, rationales
+
+    def program(self, prompt: "PairPrompt", limits: "SequenceLimits"):
+        """The same annotation as a :class:`lrkd.teacher.batched.BatchedDecoder` request: generate
+        after the pair, then rewind to the pair's end and read the canonical completion."""
+        yield Prefix(tuple(prompt.shared))
+        first = yield Feed(prompt.pair, "last")
+        ids = yield from generation(first, self.max_new_tokens, limits.is_end, ctx_limit=limits.n_ctx,
+                                    no_repeat_ngram_size=self.no_repeat_ngram_size)
+        rationales, prefix, prefix_ids = self._canonical(ids)
+        yield Rewind(len(prompt.shared) + len(prompt.pair))
+        reading = yield Feed(prefix_ids, "all", logit_ids=self.grade_ids(), hidden=True)
+        soft, latents = self._readout(prefix, reading.logits, reading.hidden)
+        return soft, latents, rationales
+
+
+@dataclass
+class SequenceLimits:
+    """What a reader's program needs of the context: n_ctx tokens per sequence, the end test."""
+
+    n_ctx: int
+    is_end: Any
 
 
 # ------------------------------------------------------------------------------------------ workers
@@ -174,35 +223,69 @@ class ScoreJob:
     progress_every: int = 25
 
 
+def _runtime_settings(runtime: Mapping) -> tuple[dict, int, str]:
+    """(LlamaCppRuntime keyword arguments, sequences in flight, engine name) of a runtime record
+    (``teacher.llama_cpp``: n_ctx, n_threads, n_batch, and optionally engine, n_seq)."""
+    runtime = dict(runtime)
+    n_seq = int(runtime.pop("n_seq", 1) or 1)
+    engine = str(runtime.pop("engine", "cyllama") or "cyllama")
+    return {k: int(v) for k, v in runtime.items()}, n_seq, engine
+
+
+def _readings(job: ScoreJob, rows: Sequence[PairPrompt]):
+    """(prompt, soft, latents, rationales) of each row: one sequence at a time, or with n_seq > 1
+    through a :class:`BatchedDecoder` (in the order they finish)."""
+    kwargs, n_seq, engine = _runtime_settings(job.runtime)
+    if n_seq <= 1:
+        runtime = LlamaCppRuntime(job.gguf, engine=engine, **kwargs)
+        try:
+            for prompt in rows:
+                yield (prompt, *job.reader(runtime, prompt))
+        finally:
+            runtime.close()
+        return
+    prefix_cells = max((len(r.shared) for r in rows), default=0)
+    eng = open_engine(job.gguf, engine, n_ctx=context_cells(n_seq, kwargs["n_ctx"], 2, prefix_cells),
+                      n_threads=kwargs.get("n_threads", 1), n_batch=kwargs.get("n_batch", 512), n_seq=n_seq + 2)
+    try:
+        decoder = BatchedDecoder(eng, n_seq, max_prefixes=2)
+        limits = SequenceLimits(kwargs["n_ctx"], eng.is_eog)
+        requests = ((prompt, (lambda p=prompt: job.reader.program(p, limits))) for prompt in rows)
+        for prompt, (soft, latents, rationales) in decoder.run(requests):
+            yield prompt, soft, latents, rationales
+    finally:
+        eng.close()
+
+
 def _run_job(job: ScoreJob) -> dict:
     """Score ``job.rows`` into the worker's part (resuming its shard numbering); returns stats."""
     logging.basicConfig(level=logging.INFO, format=f"[worker {job.worker}] %(asctime)s %(message)s")
     os.environ.setdefault("OMP_NUM_THREADS", str(job.runtime.get("n_threads", 1)))
     writer = ArtefactWriter(job.part_dir, **job.manifest)
-    runtime = LlamaCppRuntime(job.gguf, **job.runtime)
     done = writer.completed_keys()
     rows = [r for r in job.rows if (r.query_id, r.item_id) not in done]
     next_shard = max(writer.completed_shards(), default=-1) + 1
     started, written = time.time(), 0
     perspectives = list(job.manifest["perspectives"])
-    try:
-        for start in range(0, len(rows), int(job.shard_size)):
-            chunk = rows[start:start + int(job.shard_size)]
-            soft, latents, texts = [], [], {p: [] for p in perspectives}
-            for prompt in chunk:
-                p, z, rationales = job.reader(runtime, prompt)
-                soft.append(p)
-                latents.append(z)
-                for name in perspectives:
-                    texts[name].append(rationales.get(name, ""))
-                written += 1
-                if written % int(job.progress_every) == 0:
-                    log.info("%d/%d pairs, %.2f s/pair", written, len(rows), (time.time() - started) / written)
-            writer.write_shard(next_shard, [c.query_id for c in chunk], [c.item_id for c in chunk], texts,
-                               np.stack(soft), np.stack(latents))
-            next_shard += 1
-    finally:
-        runtime.close()
+    chunk: list = []
+
+    def flush():
+        nonlocal next_shard
+        texts = {p: [c[3].get(p, "") for c in chunk] for p in perspectives}
+        writer.write_shard(next_shard, [c[0].query_id for c in chunk], [c[0].item_id for c in chunk], texts,
+                           np.stack([c[1] for c in chunk]), np.stack([c[2] for c in chunk]))
+        next_shard += 1
+        chunk.clear()
+
+    for reading in _readings(job, rows):
+        chunk.append(reading)
+        written += 1
+        if written % int(job.progress_every) == 0:
+            log.info("%d/%d pairs, %.2f s/pair", written, len(rows), (time.time() - started) / written)
+        if len(chunk) == int(job.shard_size):
+            flush()
+    if chunk:
+        flush()
     return {"worker": job.worker, "written": written, "seconds": time.time() - started}
 
 
@@ -210,17 +293,30 @@ def part_dirs(reads_dir: str | os.PathLike) -> list[Path]:
     return sorted(Path(reads_dir).glob(WORKER_PREFIX + "*"))
 
 
-def remove_foreign_parts(reads_dir: str | os.PathLike, extra: Mapping) -> None:
-    """Remove the parts written with another settings record (not resumable)."""
-    wanted = json.loads(json.dumps(dict(extra), default=str))
+EXECUTION_KEY = "execution"  # how a reading was run (engine, sequences in flight): provenance, not settings
+
+
+def _reading_settings(extra: Mapping) -> dict:
+    record = json.loads(json.dumps(dict(extra), default=str))
+    record.pop(EXECUTION_KEY, None)
+    return record
+
+
+def check_parts(reads_dir: str | os.PathLike, extra: Mapping) -> None:
+    """Every part of ``reads_dir`` must hold readings made with the settings ``extra`` (its
+    ``execution`` entry aside: readings by another engine or batch size are resumed, not redone).
+    A part made with other settings stops the run with an error naming the difference: finished
+    readings are never removed."""
+    wanted = _reading_settings(extra)
     for part in part_dirs(reads_dir):
         try:
-            keep = read_manifest(part).extra == wanted
-        except Exception:  # noqa: BLE001 - an unreadable part is not resumable
-            keep = False
-        if not keep:
-            log.warning("removing the reading part %s: written with other settings", part)
-            shutil.rmtree(part)
+            found = _reading_settings(read_manifest(part).extra)
+        except Exception as e:  # noqa: BLE001 - an unreadable part is reported, not removed
+            raise ValueError(f"the reading part {part} cannot be read ({e}); move it away to read again") from e
+        if found != wanted:
+            diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+            raise ValueError(f"the reading part {part} was made with other settings (they differ in {diff}); "
+                             f"read into another folder (stage.reads_dir) or move the part away")
 
 
 def completed_keys(reads_dir: str | os.PathLike) -> set[tuple[str, str]]:
@@ -239,7 +335,7 @@ def score_pairs(prompts: Sequence[PairPrompt], *, gguf: str, runtime: Mapping, r
     record that decides whether an existing part is resumed). Returns {pending, written, seconds}."""
     reads_dir = Path(reads_dir)
     reads_dir.mkdir(parents=True, exist_ok=True)
-    remove_foreign_parts(reads_dir, manifest.get("extra") or {})
+    check_parts(reads_dir, manifest.get("extra") or {})
     done = completed_keys(reads_dir)
     pending = [p for p in prompts if (p.query_id, p.item_id) not in done]
     started = time.time()
