@@ -38,6 +38,9 @@ def shard_name(shard_id: int) -> str:
     return f"shard-{shard_id:05d}"
 
 
+SCORE_PREFIX = "score/"  # a shard's optional per-pair readings: columns score/<name>
+
+
 def rationale_column(perspective: str) -> str:
     """Parquet column holding one perspective's rationales."""
     return RATIONALE_PREFIX + perspective

@@ -129,6 +129,57 @@ def write_rationales(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
                        shard_size=int(spec.get("shard_size", 8)))
 
 
+def panel_bank(cfg: DictConfig, dm) -> list[str]:
+    """The few-shot bank: ``data.split.train_only`` when set, else chosen from the train split."""
+    from lrkd.teacher.panel import choose_bank
+
+    given = cfg.data.get("split", {}).get("train_only")
+    if given:
+        return [str(q) for q in given]
+    spec = cfg.stage.panel
+    return choose_bank(dm.frame, dm.splits["train"], int(dm.label_set.relevant_up_to), int(spec.get("bank_size", 8)),
+                       int(cfg.seed))
+
+
+def read_panel(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
+    """Step 1c: the judgement panel (:mod:`lrkd.teacher.panel`) of every pair of ``stage.splits``
+    (and the pool), into ``<reads>/<stage.panel.name>/`` (resumable like the readings)."""
+    from lrkd.data.encode import item_text
+    from lrkd.data.schema import text_fields
+    from lrkd.teacher.llama_cpp import gguf_embedding_dim
+    from lrkd.teacher.panel import (ANSWER_PREFIX, PanelReader, choose_examples, panel_prompt,
+                                    questions_from_config, score_names)
+    from lrkd.teacher.score_pool import answer_token_ids, score_pairs
+
+    spec = cfg.stage.panel
+    questions = questions_from_config(plain(spec.get("questions")))
+    k = int(spec.get("k", 0))
+    words = spec.get("max_item_words", cfg.stage.get("max_item_words"))
+    bank = panel_bank(cfg, dm) if k else []
+    examples = choose_examples(dm.frame, dm.splits["train"], bank, k, int(dm.label_set.relevant_up_to), int(cfg.seed))
+    first_half = set(bank[:len(bank) // 2])
+    rows = np.concatenate([select_rows(dm.frame, dm.splits, [s], cfg.stage.get("max_pairs"), int(cfg.seed))
+                           for s in plain(cfg.stage.splits)])
+    fields = text_fields(dm.frame)
+    records = dm.frame.iloc[rows].to_dict("records")
+    prompts = [panel_prompt(tokenizer, r["query_id"], r["item_id"], r["query"], item_text(r, fields), questions,
+                            examples[1] if str(r["query_id"]) in first_half else examples[0], words)
+               for r in records]
+    answer_ids = [answer_token_ids(tokenizer, ANSWER_PREFIX, q.answers)[1] for q in questions]
+    settings = {**reading_settings(cfg, gguf), "prompt": "panel", "max_item_words": words, "k": k, "bank": bank,
+                "examples": [[(e.query_id, e.item[:40], e.relevant) for e in s] for s in examples],
+                "questions": [(q.name, q.text, list(q.answers)) for q in questions]}
+    manifest = {"teacher_id": f"{cfg.teacher.name} (llama.cpp, judgement panel k={k})",
+                "perspectives": ["decision"], "label_names": list(questions[0].answers),
+                "vector_dim": gguf_embedding_dim(gguf), "dataset_fingerprint": "readings", "extra": settings}
+    result = score_pairs(prompts, gguf=gguf, runtime=plain(cfg.teacher.llama_cpp),
+                         reads_dir=reads_folder(cfg) / str(spec.name), manifest=manifest,
+                         reader=PanelReader(questions, answer_ids), workers=int(cfg.stage.workers),
+                         shard_size=int(cfg.stage.shard_size))
+    result["scores"] = score_names(questions)
+    return result
+
+
 def run(cfg: DictConfig) -> dict:
     from lrkd.teacher.model import llama_cpp_source
 
@@ -141,6 +192,12 @@ def run(cfg: DictConfig) -> dict:
     if not cfg.stage.get("read", True):  # finalize what is read so far (e.g. a partial pool)
         return finalize(cfg, dm, started, {"written": 0, "seconds": 0.0})
     gguf, tokenizer = llama_cpp_source(cfg.teacher)
+    if cfg.stage.get("panel"):
+        panel = read_panel(cfg, dm, tokenizer, gguf)
+        log.info("teacher_score: panel %s read %d pairs in %.0f s", cfg.stage.panel.name, panel["written"],
+                 panel["seconds"])
+        if cfg.stage.get("read_only", False):
+            return {"read": panel["written"], "reused": False}
     reading = read_splits(cfg, dm, tokenizer, gguf)
     log.info("teacher_score: read %d pairs in %.0f s", reading["written"], reading["seconds"])
     rationales = write_rationales(cfg, dm, tokenizer, gguf)

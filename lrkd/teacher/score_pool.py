@@ -232,15 +232,20 @@ def _runtime_settings(runtime: Mapping) -> tuple[dict, int, str]:
     return {k: int(v) for k, v in runtime.items()}, n_seq, engine
 
 
+def _with_scores(reading: tuple) -> tuple:
+    return tuple(reading) if len(reading) == 4 else (*reading, {})
+
+
 def _readings(job: ScoreJob, rows: Sequence[PairPrompt]):
-    """(prompt, soft, latents, rationales) of each row: one sequence at a time, or with n_seq > 1
-    through a :class:`BatchedDecoder` (in the order they finish)."""
+    """(prompt, soft, latents, rationales, scores) of each row: one sequence at a time, or with
+    n_seq > 1 through a :class:`BatchedDecoder` (in the order they finish). A reader returns
+    (soft, latents, rationales) or (soft, latents, rationales, scores)."""
     kwargs, n_seq, engine = _runtime_settings(job.runtime)
     if n_seq <= 1:
         runtime = LlamaCppRuntime(job.gguf, engine=engine, **kwargs)
         try:
             for prompt in rows:
-                yield (prompt, *job.reader(runtime, prompt))
+                yield (prompt, *_with_scores(job.reader(runtime, prompt)))
         finally:
             runtime.close()
         return
@@ -251,8 +256,8 @@ def _readings(job: ScoreJob, rows: Sequence[PairPrompt]):
         decoder = BatchedDecoder(eng, n_seq, max_prefixes=2)
         limits = SequenceLimits(kwargs["n_ctx"], eng.is_eog)
         requests = ((prompt, (lambda p=prompt: job.reader.program(p, limits))) for prompt in rows)
-        for prompt, (soft, latents, rationales) in decoder.run(requests):
-            yield prompt, soft, latents, rationales
+        for prompt, reading in decoder.run(requests):
+            yield (prompt, *_with_scores(reading))
     finally:
         eng.close()
 
@@ -272,8 +277,9 @@ def _run_job(job: ScoreJob) -> dict:
     def flush():
         nonlocal next_shard
         texts = {p: [c[3].get(p, "") for c in chunk] for p in perspectives}
+        scores = {name: [c[4][name] for c in chunk] for name in chunk[0][4]}
         writer.write_shard(next_shard, [c[0].query_id for c in chunk], [c[0].item_id for c in chunk], texts,
-                           np.stack([c[1] for c in chunk]), np.stack([c[2] for c in chunk]))
+                           np.stack([c[1] for c in chunk]), np.stack([c[2] for c in chunk]), scores=scores)
         next_shard += 1
         chunk.clear()
 
@@ -363,12 +369,14 @@ def score_pairs(prompts: Sequence[PairPrompt], *, gguf: str, runtime: Mapping, r
 @dataclass
 class Reads:
     """Every reading in a reads folder: keys [n] (query_id, item_id), raw soft labels [n, C],
-    latents [n, K, D], rationales perspective -> [n] texts."""
+    latents [n, K, D], rationales perspective -> [n] texts, scores name -> [n] (NaN where a shard
+    lacks the score)."""
 
     keys: list[tuple[str, str]]
     soft_labels: np.ndarray
     latents: np.ndarray
     rationales: dict[str, list[str]] = field(default_factory=dict)
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
 
     def index(self) -> dict[tuple[str, str], int]:
         return {k: i for i, k in enumerate(self.keys)}
@@ -376,17 +384,21 @@ class Reads:
 
 def iter_reads(reads_dir: str | os.PathLike) -> Reads | None:
     """All parts' shards of ``reads_dir`` in one :class:`Reads` (None when there is none)."""
-    keys, soft, latents, rationales = [], [], [], {}
+    keys, soft, latents, rationales, shards = [], [], [], {}, []
     for part in part_dirs(reads_dir):
         for shard in iter_shards(part):
             keys += list(zip(shard.query_ids.tolist(), shard.item_ids.tolist()))
             soft.append(shard.soft_labels)
             latents.append(shard.latents)
+            shards.append(shard)
             for p, texts in shard.rationales.items():
                 rationales.setdefault(p, []).extend(texts)
     if not keys:
         return None
-    return Reads(keys, np.concatenate(soft), np.concatenate(latents), rationales)
+    names = sorted({name for shard in shards for name in shard.scores})
+    scores = {name: np.concatenate([shard.scores.get(name, np.full(len(shard), np.nan, np.float32))
+                                    for shard in shards]) for name in names}
+    return Reads(keys, np.concatenate(soft), np.concatenate(latents), rationales, scores)
 
 
 def prompts_for_rows(tokenizer, frame, rows: Sequence[int], max_item_words: int | None, perspectives=None,
