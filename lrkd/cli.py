@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from lrkd.data.schema import DataError
+from lrkd.schema import DataError
 
 COMMANDS = {
     "train": "train a stage: Hydra overrides, as `python train.py` takes them (conf/train.yaml)",
@@ -146,7 +146,7 @@ def export(argv: Sequence[str]) -> int:
     if args.hf_dir:
         print(f"wrote {save_student_pretrained(student, args.hf_dir, serving=config)}")
     if args.measure_quality:
-        from lrkd.evaluation.quality import format_quality, quality_cost  # reads chorus_icecat (Lightning data)
+        from lrkd.serve.quality import format_quality, quality_cost  # reads chorus_icecat (Lightning data)
 
         report = quality_cost(args.checkpoint, out, int8_path(out), max_length=args.max_length)
         path = Path(out).with_suffix(".quality.json")
@@ -164,7 +164,7 @@ def report(argv: Sequence[str]) -> int:
 
 
 def zero_to_fp32(argv: Sequence[str]) -> int:
-    from lrkd.zero_to_fp32 import main as zero_main
+    from lrkd.lightning.deepspeed import main as zero_main
 
     return zero_main(argv, prog="lrkd zero-to-fp32")
 

@@ -141,7 +141,7 @@ def check_token_states(hidden: Tensor, attention_mask: Tensor) -> None:
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
-    """The tokenizer named by a hub id, a local path or a packaged model's hub id (lrkd.models)."""
+    """The tokenizer named by a hub id, a local path or a packaged model's hub id (lrkd.encoders)."""
     return AutoTokenizer.from_pretrained(resolve_model_path(name_or_path),
                                          trust_remote_code=trust_remote_code)
 

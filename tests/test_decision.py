@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score, f1_score
 
-from lrkd.data.schema import LabelSet
-from lrkd.decision import (ArgmaxRule, ThresholdRule, decision_metric, rule_from_dict)
+from lrkd.schema import LabelSet
+from lrkd.evaluation.decision import (ArgmaxRule, ThresholdRule, decision_metric, rule_from_dict)
 
 LS = LabelSet(names=("exact", "substitute", "complement", "irrelevant"))  # gains = values = 3, 2, 1, 0
 

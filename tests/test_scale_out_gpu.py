@@ -49,8 +49,8 @@ def test_student_fits_and_tests(make_cfg, tmp_path, trainer):
 @pytest.mark.parametrize("trainer", TRAINERS)
 def test_teacher_sft_fits_and_saves_whole_weights(make_cfg, tmp_path, monkeypatch, trainer):
     _needs(trainer)
-    from lrkd.teacher.backends import LocalHFBackend
-    from lrkd.teacher.module import load_trained_teacher
+    from lrkd.teacher.runtime.http import LocalHFBackend
+    from lrkd.teacher.train.module import load_trained_teacher
     from tests.teacher.test_pipeline import scripted_generate
 
     monkeypatch.setattr(LocalHFBackend, "generate", scripted_generate)

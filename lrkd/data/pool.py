@@ -3,7 +3,7 @@
 The teacher can annotate more pairs than were judged. :func:`build_pool` pairs every TRAIN query
 with the ``k`` items a first-stage retriever ranks highest for it in a product catalogue (the items
 already judged for that query left out), as new unlabelled schema rows (``label`` =
-:data:`~lrkd.data.schema.UNLABELLED`, ``relevance`` NaN). Val and test queries never enter it.
+:data:`~lrkd.schema.UNLABELLED`, ``relevance`` NaN). Val and test queries never enter it.
 
 A catalogue is a table (Parquet, CSV or JSONL; :func:`lrkd.data.sources.read_table`) with one row
 per item and the schema's item columns: ``item_title``, ``item_id`` (the dataset's id convention,
@@ -18,7 +18,7 @@ Retrievers:
   tokens of the item text, English stop words removed. Only items that share a term with the
   query are retrieved, so a query may get fewer than k.
 - ``minilm``: cosine similarity of mean-pooled ``sentence-transformers/all-MiniLM-L6-v2``
-  embeddings (the offline packaged copy, :func:`lrkd.models.resolve_model_path`) of the query and
+  embeddings (the offline packaged copy, :func:`lrkd.encoders.resolve_model_path`) of the query and
   the item text (128 tokens), on the CPU by default so that every machine ranks alike; scores are
   rounded to 1e-5 before ranking.
 
@@ -43,9 +43,9 @@ import torch
 from transformers import AutoTokenizer
 
 from lrkd.data.encode import item_texts
-from lrkd.data.schema import UNLABELLED, DataError, text_fields
+from lrkd.schema import UNLABELLED, DataError, text_fields
 from lrkd.data.sources import text_column, item_id_for, read_table
-from lrkd.models import load_encoder, masked_mean, resolve_model_path
+from lrkd.encoders import load_encoder, masked_mean, resolve_model_path
 
 log = logging.getLogger(__name__)
 

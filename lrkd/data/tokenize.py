@@ -29,7 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lrkd.data.encode import check_max_length, item_texts, pair_token_ids, uses_token_types
-from lrkd.data.schema import dataset_fingerprint
+from lrkd.schema import dataset_fingerprint
 
 log = logging.getLogger(__name__)
 

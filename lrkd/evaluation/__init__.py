@@ -1,2 +1,2 @@
 """Evaluation: the relevance metrics of training and reports (:mod:`lrkd.evaluation.metrics`), and
-the quality cost of an int8 export (:mod:`lrkd.evaluation.quality`)."""
+the quality cost of an int8 export (:mod:`lrkd.serve.quality`)."""

@@ -25,7 +25,7 @@ Conventions (documented choices, with torchmetrics' behaviour where it decides):
 - nDCG@k differs here from trec_eval, which scores an all-zero-gain query 0 and so lowers the mean;
   reports state the convention under their tables.
 
-Tuned decisions (``decision=thresholds``, :mod:`lrkd.decision`): :func:`decision_metrics` gives the
+Tuned decisions (``decision=thresholds``, :mod:`lrkd.evaluation.decision`): :func:`decision_metrics` gives the
 decision-dependent keys (accuracy, macro_f1, micro_f1, f1/<grade>, qwk) of hard grades under the
 prefix ``<split>/tuned/``; the threshold-free ones (auc, ndcg, rmse) do not depend on the decision.
 :class:`PredictionStore` keeps an epoch's labelled probabilities and labels (gathered over DDP ranks).
@@ -42,7 +42,7 @@ from torchmetrics.functional.classification import (multiclass_accuracy, multicl
 from torchmetrics.retrieval import RetrievalNormalizedDCG
 from torchmetrics.utilities import dim_zero_cat
 
-from lrkd.data.schema import UNLABELLED, LabelSet
+from lrkd.schema import UNLABELLED, LabelSet
 
 
 class RelevanceMetrics(nn.Module):

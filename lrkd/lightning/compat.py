@@ -5,7 +5,7 @@ tests; check them when upgrading Lightning). Nothing else in lrkd touches a priv
   mid-epoch resume of the seeded sampler (lrkd.data.sampler).
 - :func:`uses_distributed_sampler`: whether the trainer lets Lightning shard the data.
 - :class:`UnrepeatedDistributedSampler`: Lightning's evaluation sampler without padding.
-- :class:`MultiProcessingLauncher`: the launcher of ``strategy=ddp_spawn`` (lrkd.distributed).
+- :class:`MultiProcessingLauncher`: the launcher of ``strategy=ddp_spawn`` (lrkd.lightning.distributed).
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ How processes come to exist, and what lrkd does about each:
 - **An external launcher** (``torchrun``, SLURM's ``srun``) starts every rank before Python runs:
   :func:`launched_externally`. Each rank runs ``train.py`` from the start.
 
-Config resolvers (registered by :mod:`lrkd.config`):
+Config resolvers (registered by :mod:`lrkd.run.resolvers`):
 
 - ``${lrkd_ddp_strategy:}`` (:func:`ddp_strategy`): ``ddp`` where re-running the script is safe (a
   single Hydra run, or processes started by torchrun/SLURM), ``ddp_spawn`` elsewhere (a multirun,
@@ -129,7 +129,7 @@ def ranks_ran_elsewhere(trainer) -> bool:
     """True when ``trainer``'s fit/test ran in processes it spawned (``ddp_spawn``/``ddp_fork``):
     the calling process then holds only what Lightning hands back (the last weights,
     ``callback_metrics``, the best checkpoint's path)."""
-    from lrkd.compat import MultiProcessingLauncher
+    from lrkd.lightning.compat import MultiProcessingLauncher
 
     launcher = getattr(trainer.strategy, "launcher", None)
     return isinstance(launcher, MultiProcessingLauncher) and trainer.world_size > 1
@@ -268,7 +268,7 @@ class Ranks:
 
     def sum(self, obj: Any) -> Any:
         """Add up a dataclass of counters over the ranks: int/float fields summed, dict fields
-        merged by summing their values (e.g. :class:`lrkd.teacher.annotate.AnnotationStats`)."""
+        merged by summing their values (e.g. :class:`lrkd.teacher.label.annotate.AnnotationStats`)."""
         if not self.distributed:
             return obj
         parts = self.gather(obj)

@@ -101,10 +101,10 @@ def as_partials(optimizer: Mapping | None, scheduler: Mapping | None = None,
         if "betas" in optimizer:
             optimizer["betas"] = tuple(optimizer["betas"])
         if scheduler is None:
-            scheduler = {"_target_": "lrkd.optim.linear_warmup_schedule", "_partial_": True,
+            scheduler = {"_target_": "lrkd.lightning.optim.linear_warmup_schedule", "_partial_": True,
                          "warmup_ratio": float(warmup if warmup is not None else default_warmup_ratio)}
     if scheduler is None:
-        scheduler = {"_target_": "lrkd.optim.linear_warmup_schedule", "_partial_": True,
+        scheduler = {"_target_": "lrkd.lightning.optim.linear_warmup_schedule", "_partial_": True,
                      "warmup_ratio": float(default_warmup_ratio)}
     optimizer["_partial_"] = True
     scheduler = {**dict(scheduler), "_partial_": True}

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lrkd.data.schema import UNLABELLED
+from lrkd.schema import UNLABELLED
 from lrkd.losses.compose import LossTerm, masked_mean
 from lrkd.losses.weights import ClassWeighted, weighted_row_mean
 

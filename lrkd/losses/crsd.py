@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lrkd.data.schema import UNLABELLED
+from lrkd.schema import UNLABELLED
 from lrkd.losses.ce import cross_entropy, training_labels
 from lrkd.losses.compose import LossTerm, masked_mean
 from lrkd.losses.infonce import info_nce

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lrkd.data.schema import UNLABELLED
+from lrkd.schema import UNLABELLED
 from lrkd.losses.compose import LossInputError, masked_mean
 
 

@@ -4,7 +4,7 @@
         [--group-by extractor ...] [--metrics test/macro_f1 test/qwk ...] [--latency FILE] [--out DIR]
 
 A *job* is a directory with ``.hydra/overrides.yaml`` (Hydra writes one per job). Its status:
-``ok`` (``metrics.json``), ``failed`` (``error.json``, written by ``lrkd.sweep``; the newer of the
+``ok`` (``metrics.json``), ``failed`` (``error.json``, written by ``lrkd.run.jobs``; the newer of the
 two files wins when both exist) or ``incomplete`` (neither: killed, or still running).
 
 The *swept keys* are the override keys whose value differs between jobs (or that only some jobs
@@ -37,10 +37,10 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from lrkd.config import ROOT_DIR
-from lrkd.data.schema import DataError
-from lrkd.report_writer import LATENCY_FIELD, write_report
-from lrkd.sweep import ERROR_FILE, METRICS_FILE, declared_sweep_keys, load_multirun_config, parse_overrides
+from lrkd.run.resolvers import ROOT_DIR
+from lrkd.schema import DataError
+from lrkd.report.writer import LATENCY_FIELD, write_report
+from lrkd.run.jobs import ERROR_FILE, METRICS_FILE, declared_sweep_keys, load_multirun_config, parse_overrides
 
 # argmax metrics, then (for runs with decision=thresholds) the same under the val-tuned rule
 DEFAULT_METRICS = ("test/macro_f1", "test/qwk", "test/ndcg@10", "test/tuned/macro_f1", "test/tuned/qwk")

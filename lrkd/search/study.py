@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lrkd.config import ROOT_DIR
+from lrkd.run.resolvers import ROOT_DIR
 from lrkd.search.latency_table import ARCH_FIELDS, Architecture, LatencyTable
 from lrkd.search.space import finite_values
 from lrkd.utils import plain

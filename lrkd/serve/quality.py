@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from lrkd.config import ROOT_DIR
+from lrkd.run.resolvers import ROOT_DIR
 from lrkd.data.batch import INPUT_KEYS
 from lrkd.evaluation.metrics import RelevanceMetrics
 from lrkd.serve.scorers import OnnxScorer, TorchScorer, load_student

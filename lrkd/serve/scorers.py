@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from lrkd.data.schema import DataError
+from lrkd.schema import DataError
 from lrkd.serve import hf
 from lrkd.serve.config import ServingConfig, read_sidecar, sidecar_path
 from lrkd.student.checkpoint import load_student_checkpoint
@@ -92,7 +92,7 @@ def load_student(checkpoint: str | os.PathLike, max_length: int | None = None
                  ) -> tuple[RelevanceStudent, ServingConfig]:
     """A trained student (eval mode) and its serving config from a Lightning ``.ckpt`` (loaded
     with ``weights_only=True``) or a ``save_pretrained`` directory. A file that is neither raises
-    a :class:`~lrkd.data.schema.DataError` that names it and says what was expected."""
+    a :class:`~lrkd.schema.DataError` that names it and says what was expected."""
     path = Path(checkpoint)
     if path.is_dir() and hf.is_student_pretrained(path):
         return hf.load_student_pretrained(path), hf.load_serving_config(path).replace(max_length=max_length)

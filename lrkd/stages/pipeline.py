@@ -22,7 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lrkd.distributed import is_rank_zero
+from lrkd.lightning.distributed import is_rank_zero
 from lrkd.stages import get_stage
 
 log = logging.getLogger(__name__)

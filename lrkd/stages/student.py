@@ -13,11 +13,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lrkd.artefact import read_manifest
-from lrkd.distributed import best_model_score, sync_loggers_after_spawned_fit
+from lrkd.lightning.distributed import best_model_score, sync_loggers_after_spawned_fit
 from lrkd.stages.base import StageRun, instantiate_group, without_logger_callbacks
 from lrkd.student.module import StudentModule
-from lrkd.sweep import apply_wandb_identity, finish_wandb, log_test_extras
-from lrkd.zero_to_fp32 import convert as zero_to_fp32, is_zero_checkpoint
+from lrkd.run.jobs import apply_wandb_identity, finish_wandb, log_test_extras
+from lrkd.lightning.deepspeed import convert as zero_to_fp32, is_zero_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig
 
 from lrkd.data.sampler import make_train_loader
-from lrkd.distributed import fitted_global_step, full_parameters, is_zero3
-from lrkd.evaluation.teacher import evaluate_teacher
+from lrkd.lightning.distributed import fitted_global_step, full_parameters, is_zero3
+from lrkd.teacher.label.evaluate import evaluate_teacher
 from lrkd.stages.base import (CHECKPOINT_FOLDER, OPERATIONAL_KEYS, StageRun, finish_training, instantiate_group,
                               require_finished, select_rows, without_logger_callbacks)
-from lrkd.sweep import finish_wandb
+from lrkd.run.jobs import finish_wandb
 from lrkd.teacher.model import inference_model
-from lrkd.teacher.module import load_trained_teacher
+from lrkd.teacher.train.module import load_trained_teacher
 from lrkd.utils import plain
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def inference_device(cfg: DictConfig) -> torch.device:
 
 
 def decoding_options(cfg: DictConfig) -> dict:
-    """The stage's greedy-labelling options for :func:`lrkd.teacher.annotate.label_pairs`:
+    """The stage's greedy-labelling options for :func:`lrkd.teacher.label.annotate.label_pairs`:
     ``{"calibrate": bool, "no_repeat_ngram_size": int}`` (off when the stage config lacks them)."""
     return {"calibrate": bool(cfg.stage.get("calibrate", False)),
             "no_repeat_ngram_size": int(cfg.stage.get("no_repeat_ngram_size", 0) or 0)}

@@ -2,8 +2,8 @@
 preference pairs from it (``teacher_dpo stage.pairs=reward``).
 
 Reads ``<work_dir>/generations/``; builds one candidate completion per (pair, sample)
-(:func:`lrkd.teacher.reward_pairs.candidates_from_generations`), scores it on the configured
-dimensions (:mod:`lrkd.teacher.rewards`), combines them (per-prompt normalised, weighted sum) and
+(:func:`lrkd.teacher.reward.pairs.candidates_from_generations`), scores it on the configured
+dimensions (:mod:`lrkd.teacher.reward.dimensions`), combines them (per-prompt normalised, weighted sum) and
 keeps best-of-n vs worst-of-n per prompt when the margin exceeds ``stage.min_margin``. With
 ``stage.learned.enabled``, a ridge head per dimension on frozen sentence embeddings (and a linear
 Bradley-Terry reward) is fitted and its held-out pair accuracy recorded; ``stage.source=learned``
@@ -22,16 +22,16 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from lrkd.data.schema import DataError
+from lrkd.schema import DataError
 from lrkd.stages.base import StageRun, fingerprint_config, require_finished
 from lrkd.stages.teacher_common import inference_device, load_pairs
-from lrkd.teacher.annotate import SentenceEmbedder
-from lrkd.teacher.generate import read_generations
+from lrkd.teacher.label.annotate import SentenceEmbedder
+from lrkd.teacher.train.generate import read_generations
 from lrkd.teacher.model import load_teacher_tokenizer
 from lrkd.teacher.prompts import perspectives_from_config
-from lrkd.teacher.reward_model import bradley_terry, cross_fitted, evaluate_ridge
-from lrkd.teacher.reward_pairs import best_worst_pairs, candidates_from_generations, combine, prompts_of
-from lrkd.teacher.rewards import score_dimensions
+from lrkd.teacher.reward.model import bradley_terry, cross_fitted, evaluate_ridge
+from lrkd.teacher.reward.pairs import best_worst_pairs, candidates_from_generations, combine, prompts_of
+from lrkd.teacher.reward.dimensions import score_dimensions
 from lrkd.utils import plain
 
 log = logging.getLogger(__name__)

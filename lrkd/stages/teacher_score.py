@@ -2,7 +2,7 @@
 on val, scores itself on test and writes the student's artefact.
 
 1. **Read** (expensive, resumable): every pair of ``stage.splits`` not yet read, with
-   :func:`lrkd.teacher.score_pool.score_pairs` (``stage.workers`` processes), into
+   :func:`lrkd.teacher.label.score_pool.score_pairs` (``stage.workers`` processes), into
    ``<work_dir>/reads/``. Readings depend only on the teacher, the prompt settings and the pair, so
    adding pairs (a bigger pool) reads only the new ones.
 2. **Finalize** (seconds, every run): fit the calibration on the val readings, measure the teacher
@@ -64,7 +64,7 @@ def reading_settings(cfg: DictConfig, gguf: str) -> dict:
 def read_splits(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
     """Step 1: read every pair of ``stage.splits`` (in that order) not read yet."""
     from lrkd.teacher.prompts import JUDGE_ANSWERS, JUDGE_PREFIX
-    from lrkd.teacher.score_pool import JudgementReader, answer_token_ids, prompts_for_rows, score_pairs
+    from lrkd.teacher.label.score_pool import JudgementReader, answer_token_ids, prompts_for_rows, score_pairs
 
     rows = np.concatenate([select_rows(dm.frame, dm.splits, [s], cfg.stage.get("max_pairs"), int(cfg.seed))
                            for s in plain(cfg.stage.splits)])
@@ -74,7 +74,7 @@ def read_splits(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
     manifest = {"teacher_id": f"{cfg.teacher.name} (llama.cpp, {settings['gguf']})", "perspectives": ["decision"],
                 "label_names": list(JUDGE_ANSWERS), "vector_dim": 0, "dataset_fingerprint": "readings",
                 "extra": settings}
-    from lrkd.teacher.llama_cpp import gguf_embedding_dim
+    from lrkd.teacher.runtime.llama_cpp import gguf_embedding_dim
 
     manifest["vector_dim"] = gguf_embedding_dim(gguf)
     runtime = {k: int(v) for k, v in plain(cfg.teacher.llama_cpp).items()}
@@ -98,11 +98,11 @@ def rationale_rows(cfg: DictConfig, dm) -> np.ndarray:
 
 
 def write_rationales(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
-    """Step 1b: multi-perspective rationales (:class:`lrkd.teacher.score_pool.RationaleReader`) for
+    """Step 1b: multi-perspective rationales (:class:`lrkd.teacher.label.score_pool.RationaleReader`) for
     :func:`rationale_rows`, into ``<reads>/rationales/`` (resumable like the readings)."""
-    from lrkd.teacher.llama_cpp import gguf_embedding_dim
+    from lrkd.teacher.runtime.llama_cpp import gguf_embedding_dim
     from lrkd.teacher.prompts import perspectives_from_config
-    from lrkd.teacher.score_pool import RationaleReader, prompts_for_rows, score_pairs
+    from lrkd.teacher.label.score_pool import RationaleReader, prompts_for_rows, score_pairs
 
     rows = rationale_rows(cfg, dm)
     if not len(rows):
@@ -157,7 +157,7 @@ def teacher_metrics(probs: np.ndarray, frame, rows: np.ndarray, label_set, n_bin
     import torch
 
     from lrkd.evaluation.metrics import RelevanceMetrics
-    from lrkd.teacher.calibration import expected_calibration_error
+    from lrkd.teacher.label.calibration import expected_calibration_error
 
     labels = frame["label"].to_numpy()[rows]
     metrics = RelevanceMetrics(label_set, prefix="")
@@ -177,9 +177,9 @@ def finalize(cfg: DictConfig, dm, started: float, reading: dict) -> dict:
     from pathlib import Path
 
     from lrkd.artefact import ArtefactWriter
-    from lrkd.teacher.calibration import OrdinalCalibration, judgement_score, raw_grade_probs
+    from lrkd.teacher.label.calibration import OrdinalCalibration, judgement_score, raw_grade_probs
     from lrkd.teacher.prompts import perspectives_from_config
-    from lrkd.teacher.score_pool import iter_reads
+    from lrkd.teacher.label.score_pool import iter_reads
 
     reads = iter_reads(reads_folder(cfg))
     written = iter_reads(reads_folder(cfg) / "rationales")

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from lrkd.data.schema import DataError, LabelSet
-from lrkd.decision import rule_from_dict
+from lrkd.schema import DataError, LabelSet
+from lrkd.evaluation.decision import rule_from_dict
 from lrkd.student.model import RelevanceStudent
 
 STUDENT_PREFIX = "student."
@@ -77,7 +77,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def decision_of(checkpoint: dict) -> dict | None:
-    """The fitted decision rule of a checkpoint as a dict (lrkd.decision), None for argmax."""
+    """The fitted decision rule of a checkpoint as a dict (lrkd.evaluation.decision), None for argmax."""
     hparams = checkpoint[HPARAMS_KEY]
     configured = hparams.get("decision") or {}
     if configured.get("kind", "argmax") == "argmax":

@@ -1,6 +1,6 @@
 """The student's encoder f and the pooling of its token states: :func:`load_encoder` (a Hugging Face
 encoder from a hub id, a local directory, a packaged offline copy, or a config dict; shared with the
-data pool's retriever and the teacher's sentence embedder, so it lives in :mod:`lrkd.models`),
+data pool's retriever and the teacher's sentence embedder, so it lives in :mod:`lrkd.encoders`),
 :func:`pool`, :func:`match_features` and :func:`pooled_dim`.
 
 The encoder returned here is the bare transformer (``AutoModel``): its ``last_hidden_state``
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lrkd.models import check_token_states, load_encoder, load_tokenizer, masked_mean, pool
+from lrkd.encoders import check_token_states, load_encoder, load_tokenizer, masked_mean, pool
 
 POOLING_MODES = ("mean", "cls", "match")  # "match": see match_features (needs token types)
 

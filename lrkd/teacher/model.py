@@ -8,7 +8,7 @@ Where the weights come from, first match wins:
   package): dequantized ONCE into a normal safetensors checkpoint under
   ``<cache_dir>/models/<name>/`` (model + tokenizer, written to a temp dir then renamed), which
   every later load reads (about 1 s instead of about 50 s);
-- otherwise ``model`` is a hub id or a local directory (``lrkd.models.resolve_model_path``).
+- otherwise ``model`` is a hub id or a local directory (``lrkd.encoders.resolve_model_path``).
 
 Then the tokenizer pads on the left (batched generation) and has a pad token (eos if it had none);
 ``lora`` wraps the model with a peft LoRA adapter; ``gradient_checkpointing`` turns it on.
@@ -31,7 +31,7 @@ from typing import Any, Mapping
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from lrkd.models import resolve_model_path
+from lrkd.encoders import resolve_model_path
 from lrkd.utils import plain
 
 log = logging.getLogger(__name__)

@@ -108,7 +108,7 @@ JUDGE_ANSWERS = ("yes", "no")
 def judge_message(query: str, item: str, max_item_words: int | None = None) -> str:
     """The user message of the direct judgement prompt (grade scoring without reasoning): the
     instruction first (shared by every pair, so it stays in the KV cache), then the pair; the
-    reading is the teacher's P(yes) after ``"Answer:"`` (:mod:`lrkd.teacher.score_pool`)."""
+    reading is the teacher's P(yes) after ``"Answer:"`` (:mod:`lrkd.teacher.label.score_pool`)."""
     return (f"{JUDGE_INSTRUCTION}\n"
             f"Query: {' '.join(str(query).split())}\n"
             f"Product: {clip_words(item, max_item_words)}")

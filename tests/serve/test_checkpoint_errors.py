@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lrkd.data.schema import DataError
+from lrkd.schema import DataError
 from lrkd.serve.scorers import load_scorer, load_student
 from lrkd.student.checkpoint import CheckpointError
 

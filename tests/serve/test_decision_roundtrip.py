@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from lrkd.decision import ThresholdRule
+from lrkd.evaluation.decision import ThresholdRule
 from lrkd.serve.scorers import load_student
 from lrkd.student.module import DECISION_CHECKPOINT_KEY
 from tests.serve import LABELS, load_minilm_tokenizer, reference_probs, tiny_student

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lrkd.data.schema import DataError
+from lrkd.schema import DataError
 from lrkd.data.io import PairFile
 from lrkd.serve.config import ServingConfig
 from lrkd.serve.predict import predict_file

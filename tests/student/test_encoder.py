@@ -28,7 +28,7 @@ def offline(monkeypatch):
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from lrkd.models import resolve_model_path
+    from lrkd.encoders import resolve_model_path
 
     return AutoTokenizer.from_pretrained(resolve_model_path(MINILM))
 

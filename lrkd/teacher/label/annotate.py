@@ -37,9 +37,9 @@ from transformers import AutoTokenizer, LogitsProcessorList
 
 from lrkd.artefact import ArtefactWriter
 from lrkd.data.encode import item_text
-from lrkd.data.schema import text_fields
-from lrkd.models import load_encoder, pool, resolve_model_path
-from lrkd.teacher.examples import encode_completions, encode_prompts, left_pad
+from lrkd.schema import text_fields
+from lrkd.encoders import load_encoder, pool, resolve_model_path
+from lrkd.teacher.train.examples import encode_completions, encode_prompts, left_pad
 from lrkd.teacher.parse import parse_multi
 from lrkd.teacher.prompts import LABEL_PREFIX, Perspective, format_multi_completion, one_line, render_multi_prompt
 

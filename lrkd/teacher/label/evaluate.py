@@ -9,9 +9,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from lrkd.data.schema import UNLABELLED, LabelSet
+from lrkd.schema import UNLABELLED, LabelSet
 from lrkd.evaluation.metrics import RelevanceMetrics
-from lrkd.teacher.annotate import grade_token_ids, label_pairs, pair_prompts
+from lrkd.teacher.label.annotate import grade_token_ids, label_pairs, pair_prompts
 from lrkd.teacher.prompts import Perspective
 
 

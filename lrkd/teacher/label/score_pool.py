@@ -5,14 +5,14 @@ render_judge_prompt`: the instruction, then the query and the product) and, with
 teacher-forces ``"Answer:"`` after the assistant's turn starts. At that position it reads
 
 - the softmax over the answer tokens' logits (``" yes"``, ``" no"``) -> [2] (P(yes), P(no)), which
-  :mod:`lrkd.teacher.calibration` maps to a soft label over the grades, fitted on the val split;
+  :mod:`lrkd.teacher.label.calibration` maps to a soft label over the grades, fitted on the val split;
 - the last-layer hidden state (the teacher's decision state) -> the latent target [1, D].
 
 On chorus_icecat this reading ranks pairs at val AUC 0.86 (60 pairs) where the grade tokens read
 after the multi-perspective prompt with no rationale were at chance (0.52), and a graded direct
 prompt reached 0.79 (measured side by side; README, "The llama.cpp teacher").
 
-The prompt is cut into segments that stay in the KV cache (:class:`lrkd.teacher.llama_cpp.
+The prompt is cut into segments that stay in the KV cache (:class:`lrkd.teacher.runtime.llama_cpp.
 LlamaCppRuntime`): the instruction shared by every pair is decoded once per worker, then the pair's
 own part, then the continuation. About 3 s per pair on one core for a 1.5B Q4 model (product text
 cut to 25 words), against about 20 s for a generated multi-perspective rationale.
@@ -40,9 +40,9 @@ from transformers import AutoTokenizer
 from lrkd.artefact import ArtefactWriter, iter_shards, read_manifest
 from lrkd.artefact.ranks import artefact_keys
 from lrkd.data.encode import item_text
-from lrkd.data.schema import text_fields
-from lrkd.teacher.annotate import _token_spans, grade_token_ids, label_prefix, rationale_char_spans
-from lrkd.teacher.llama_cpp import LlamaCppRuntime
+from lrkd.schema import text_fields
+from lrkd.teacher.label.annotate import _token_spans, grade_token_ids, label_prefix, rationale_char_spans
+from lrkd.teacher.runtime.llama_cpp import LlamaCppRuntime
 from lrkd.teacher.parse import parse_multi
 from lrkd.teacher.prompts import (Perspective, one_line, prompt_add_special_tokens, render_judge_prompt,
                                   render_multi_prompt)
@@ -114,7 +114,7 @@ class JudgementReader:
 
 class RationaleReader:
     """Multi-perspective chain of thought for one pair (the annotation of
-    :mod:`lrkd.teacher.annotate`, on llama.cpp): greedy generation after the multi-perspective prompt
+    :mod:`lrkd.teacher.label.annotate`, on llama.cpp): greedy generation after the multi-perspective prompt
     (completion-only n-gram block), parsed into one rationale per perspective
     (:func:`lrkd.teacher.parse.parse_multi`); then the canonical completion up to ``Label:`` is
     teacher-forced and read: the softmax over the grade tokens [C] and, per perspective, the mean

@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from lrkd.data.schema import UNLABELLED, DataError, text_fields
+from lrkd.schema import UNLABELLED, DataError, text_fields
 from lrkd.data.encode import item_text
 from lrkd.teacher.prompts import Perspective, clip_words, format_multi_completion, one_line, render_multi_prompt
 

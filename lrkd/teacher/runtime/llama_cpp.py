@@ -13,7 +13,7 @@ teacher stages need:
   always decoded as one batch, so a cached and an uncached reading are bit-identical (llama.cpp's
   kernels depend on the batch shape: splitting a sequence differently moves logits by up to ~0.5).
 - :meth:`LlamaCppRuntime.generate`: greedy or seeded sampling after ``prefix + tokens``, with
-  completion-only n-gram blocking (:class:`lrkd.teacher.annotate.CompletionNoRepeatNGram`'s rule)
+  completion-only n-gram blocking (:class:`lrkd.teacher.label.annotate.CompletionNoRepeatNGram`'s rule)
   and stop at an end-of-generation token.
 
 Why cyllama: a prebuilt manylinux wheel of upstream llama.cpp (installs in seconds, no compiler),
@@ -21,7 +21,7 @@ with the whole C API the teacher needs (per-position logits and embeddings, ``me
 prefix reuse). ``llama-cpp-python`` has to compile here (26 min); ``ik-llama-cpp-python`` is a fork
 whose KV-cache editing needs hand-written ctypes; ``llama-cpp-py-sync`` needs glibc 2.38.
 llama.cpp threads spin-wait on each other, so several one-thread worker processes sharing the
-memory-mapped file beat one process with several threads (:mod:`lrkd.teacher.score_pool`).
+memory-mapped file beat one process with several threads (:mod:`lrkd.teacher.label.score_pool`).
 """
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from lrkd.data.encode import item_text
-from lrkd.data.schema import DataError, text_fields
+from lrkd.schema import DataError, text_fields
 from lrkd.data.tokenize import TokenizedView
 from lrkd.losses.lm import completion_nll
 

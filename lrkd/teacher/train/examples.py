@@ -1,7 +1,7 @@
 """Training data of the teacher, built from the MPCoT generations: SFT examples and DPO pairs,
 tokenized into prompt + completion sequences (cached), served as batches.
 
-From the generations frame (:func:`lrkd.teacher.generate.read_generations`, one row per pair,
+From the generations frame (:func:`lrkd.teacher.train.generate.read_generations`, one row per pair,
 perspective and sample) and the schema dataset:
 
 - SFT example, for each pair whose every perspective has >= 1 correct rationale (its label equals
@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from lrkd.data.schema import UNLABELLED, DataError, text_fields
+from lrkd.schema import UNLABELLED, DataError, text_fields
 from lrkd.data.encode import item_text
 from lrkd.data.tokenize import TokenizedView, cache_key, cache_path
 from lrkd.teacher.prompts import (Perspective, clip_words, format_multi_completion, prompt_add_special_tokens,

@@ -6,7 +6,7 @@ Two-step answer extraction: a sample whose text has no parsable label (a small t
 writes the ``Label:`` line, or runs out of tokens) is given a grade drawn from the teacher's own
 probabilities after ``"<rationale>\nLabel:"`` (at the sampling temperature; the argmax when
 greedy) when a ``label_scorer`` is passed
-(:class:`lrkd.teacher.annotate.GradeScorer`, the local backend); its ``label_source`` is then
+(:class:`lrkd.teacher.label.annotate.GradeScorer`, the local backend); its ``label_source`` is then
 ``"scored"`` (``"parsed"`` for a label the text states) and its ``parse_error`` still records the
 format failure.
 
@@ -37,9 +37,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from lrkd.data.schema import DataError, text_fields
+from lrkd.schema import DataError, text_fields
 from lrkd.data.encode import item_text
-from lrkd.teacher.backends import GenerationBackend, derive_seed
+from lrkd.teacher.runtime.http import GenerationBackend, derive_seed
 from lrkd.teacher.parse import parse_single
 from lrkd.teacher.prompts import Perspective, clip_words, render_perspective_prompt
 

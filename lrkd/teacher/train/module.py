@@ -10,7 +10,7 @@ Both modules are built from plain dicts (so a Lightning checkpoint's hyper-param
     init_from: a model directory written by :func:`save_teacher` (the SFT model for DPO), or None
                for the base teacher
 
-Batches come from :mod:`lrkd.teacher.examples` (left-padded, ``completion_mask``). A forward
+Batches come from :mod:`lrkd.teacher.train.examples` (left-padded, ``completion_mask``). A forward
 computes logits only for the completion window (``logits_to_keep``), never for the whole prompt.
 
 A saved teacher (``<work_dir>/<stage>/model/``) is a Hugging Face directory plus
@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 from lrkd.losses import NonFiniteLossError
 from lrkd.losses.dpo import dpo_loss, reward_statistics
 from lrkd.losses.lm import completion_logprobs, completion_nll
-from lrkd.teacher.examples import PreferenceCollator, PreferenceDataset
-from lrkd.optim import configure, total_training_steps
+from lrkd.teacher.train.examples import PreferenceCollator, PreferenceDataset
+from lrkd.lightning.optim import configure, total_training_steps
 from lrkd.teacher.model import apply_lora, load_teacher, save_pretrained_atomically
 from lrkd.utils import plain
 
@@ -192,7 +192,7 @@ class _TeacherModule(L.LightningModule):
 
     def configure_optimizers(self):
         """``optimizer`` (a partial config, or the stage's plain {lr, weight_decay, warmup_ratio}) over
-        the model's parameters and its schedule (lrkd.optim)."""
+        the model's parameters and its schedule (lrkd.lightning.optim)."""
         return configure(self, self.model.named_parameters(), self.hparams.optimizer, self.hparams.get("scheduler"),
                          total_training_steps(self.trainer), default_warmup_ratio=0.0)
 
