@@ -19,8 +19,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from hydra_plugins.lrkd_optuna_sweeper.optuna_sweeper import OptunaSweeper, SearchSpace, trial_outcome
-from lrkd.run.jobs import (RunIdentity, apply_wandb_identity, log_test_extras, parse_override, parse_overrides,
-                        run_identity, run_job_tolerantly)
+from lrkd.run.jobs import run_job_tolerantly
+from lrkd.run.overrides import parse_override, parse_overrides
+from lrkd.run.wandb_run import RunIdentity, apply_wandb_identity, log_test_extras, run_identity
 from tests.conftest import compose_cfg
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -40,7 +40,8 @@ from omegaconf import DictConfig, OmegaConf
 from lrkd.run.resolvers import ROOT_DIR
 from lrkd.schema import DataError
 from lrkd.report.writer import LATENCY_FIELD, write_report
-from lrkd.run.jobs import ERROR_FILE, METRICS_FILE, declared_sweep_keys, load_multirun_config, parse_overrides
+from lrkd.run.jobs import ERROR_FILE, METRICS_FILE
+from lrkd.run.overrides import declared_sweep_keys, load_multirun_config, parse_overrides
 
 # argmax metrics, then (for runs with decision=thresholds) the same under the val-tuned rule
 DEFAULT_METRICS = ("test/macro_f1", "test/qwk", "test/ndcg@10", "test/tuned/macro_f1", "test/tuned/qwk")

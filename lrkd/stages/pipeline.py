@@ -23,6 +23,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from lrkd.lightning.distributed import is_rank_zero
+from lrkd.run.jobs import run_stage
 from lrkd.stages import get_stage
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def run_pipeline(cfg: DictConfig) -> dict:
             raise ValueError(f"stage.{key} must configure the {stage} stage, got name={sub.stage.name!r}")
         log.info("pipeline: %s (%s)", key, stage)
         t0 = time.time()
-        results[key] = dict(get_stage(stage)(sub))
+        results[key] = dict(run_stage(get_stage(stage), sub))  # its W&B run ends with it
         results[key].setdefault("wall_time_s", round(time.time() - t0, 1))
         if stage == "teacher_annotate":
             artefact = results[key]["artefact"]

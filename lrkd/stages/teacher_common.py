@@ -20,7 +20,6 @@ from lrkd.lightning.distributed import fitted_global_step, full_parameters, is_z
 from lrkd.teacher.label.evaluate import evaluate_teacher
 from lrkd.stages.base import (CHECKPOINT_FOLDER, OPERATIONAL_KEYS, StageRun, finish_training, instantiate_group,
                               require_finished, select_rows, without_logger_callbacks)
-from lrkd.run.jobs import finish_wandb
 from lrkd.teacher.model import inference_model
 from lrkd.teacher.train.module import load_trained_teacher
 from lrkd.utils import plain
@@ -145,13 +144,10 @@ def fit_save_and_record(cfg: DictConfig, module, data, run: StageRun, ckpt: str 
     metrics with ``reused: False``."""
     out_dir = run.out
     trainer = build_trainer(cfg, out_dir, int(cfg.stage.epochs))
-    try:
-        module.train()
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt, weights_only=True)
-        metrics.update(trained_metrics(trainer))
-        metrics["steps"] = fitted_global_step(trainer, out_dir / CHECKPOINT_FOLDER / "last.ckpt")
-    finally:
-        finish_wandb()
+    module.train()
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt, weights_only=True)
+    metrics.update(trained_metrics(trainer))
+    metrics["steps"] = fitted_global_step(trainer, out_dir / CHECKPOINT_FOLDER / "last.ckpt")
     # several ranks (DDP / DeepSpeed re-run this stage on every rank): rank 0 saves and records
     with full_parameters(trainer, module):  # ZeRO-3: the partitioned weights gathered on every rank
         if trainer.is_global_zero:
