@@ -53,7 +53,8 @@ def main(argv=None) -> dict:
     from lrkd.teacher.runtime.llama_cpp import LlamaCppRuntime
     from lrkd.teacher.model import llama_cpp_source
     from lrkd.teacher.prompts import JUDGE_ANSWERS, JUDGE_PREFIX, perspectives_from_config
-    from lrkd.teacher.label.score_pool import answer_token_ids, prompts_for_rows, read_pair, split_prompt
+    from lrkd.teacher.label.score_pool import prompts_for_rows, read_pair, split_prompt
+    from lrkd.teacher.tokens import answer_token_ids
 
     torch.set_num_threads(1)
     overrides = ["teacher=qwen2.5-coder-1.5b", "stage=teacher_score", "extractor=none", "loss=ce",

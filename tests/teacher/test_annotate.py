@@ -12,8 +12,8 @@ from lrkd.artefact import ArtefactWriter, load_artefact, read_manifest
 from lrkd.schema import dataset_fingerprint
 import lrkd.teacher.label.evaluate as teacher_evaluation
 from lrkd.teacher.label.evaluate import evaluate_teacher
-from lrkd.teacher.label.annotate import (SentenceEmbedder, annotate_pool, grade_token_ids, label_pairs,
-                                   label_prefix, pair_prompts)
+from lrkd.teacher.label.annotate import SentenceEmbedder, annotate_pool, label_pairs, label_prefix, pair_prompts
+from lrkd.teacher.tokens import grade_token_ids
 from lrkd.teacher.train.examples import encode_completions, encode_prompts
 from lrkd.teacher.train.module import load_trained_teacher
 from tests.teacher.builders import GRADES, pair_frame, perspectives, tiny_teacher_cfg

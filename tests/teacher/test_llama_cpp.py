@@ -58,7 +58,7 @@ def _prompts(tokenizer, n):
 
 def _ids(tokenizer):
     from lrkd.teacher.prompts import JUDGE_ANSWERS, JUDGE_PREFIX
-    from lrkd.teacher.label.score_pool import answer_token_ids
+    from lrkd.teacher.tokens import answer_token_ids
 
     return answer_token_ids(tokenizer, JUDGE_PREFIX, JUDGE_ANSWERS)
 

@@ -9,7 +9,7 @@ Per pair, in batches:
    generation this is the generated text itself, and it is written even when the generation never
    reached a label), and read at its last position:
    - the soft label p_T(y|x): softmax over the logits of each grade's first token
-     (:func:`grade_token_ids`); with ``calibrate``, divided by the same reading after the
+     (:func:`lrkd.teacher.tokens.grade_token_ids`); with ``calibrate``, divided by the same reading after the
      content-free completion (every rationale empty) and renormalised
      (:func:`contextual_calibration`), so that it reflects what the rationales add to the
      teacher's prior rather than the grade listed first;
@@ -42,6 +42,7 @@ from lrkd.encoders import load_encoder, pool, resolve_model_path
 from lrkd.teacher.train.examples import encode_completions, encode_prompts, left_pad
 from lrkd.teacher.parse import parse_multi
 from lrkd.teacher.prompts import LABEL_PREFIX, Perspective, format_multi_completion, one_line, render_multi_prompt
+from lrkd.teacher.tokens import grade_token_ids, token_spans
 
 log = logging.getLogger(__name__)
 
@@ -49,29 +50,7 @@ LATENT_SOURCES = ("hidden", "sentence_encoder")
 DEFAULT_SENTENCE_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-# -------------------------------------------------------------------------------- label tokens
-def grade_token_ids(tokenizer, grade_names: Sequence[str]) -> list[int]:
-    """The token that follows ``"Label:"`` for each grade, in grade order: the first token of
-    ``" <grade>"`` as tokenized inside ``"Label: <grade>"`` (so exactly what SFT trains on).
-
-    Raises ValueError when two grades start with the same token (the soft label could not tell
-    them apart) or the tokenizer merges ``Label:`` with the grade."""
-    prefix = tokenizer(LABEL_PREFIX, add_special_tokens=False)["input_ids"]
-    ids = []
-    for name in grade_names:
-        full = tokenizer(f"{LABEL_PREFIX} {name}", add_special_tokens=False)["input_ids"]
-        if full[:len(prefix)] != prefix or len(full) <= len(prefix):
-            raise ValueError(f"the tokenizer merges {LABEL_PREFIX!r} with the grade {name!r}: the label "
-                             f"position is undefined for it")
-        ids.append(int(full[len(prefix)]))
-    if len(set(ids)) != len(ids):
-        clash = {tokenizer.convert_ids_to_tokens(i): [g for g, j in zip(grade_names, ids) if j == i]
-                 for i in ids if ids.count(i) > 1}
-        raise ValueError(f"grade names must start with distinct tokens after {LABEL_PREFIX!r}; these share "
-                         f"one: {clash}. Rename the grades (data.labels.names).")
-    return ids
-
-
+# -------------------------------------------------------------------------------- label prefix
 def label_prefix(rationales: dict[str, str], perspectives: Sequence[Perspective], grade_names: Sequence[str]) -> str:
     """The canonical completion up to and including ``Label:`` (rationales "" where missing)."""
     text = format_multi_completion({p.name: rationales.get(p.name, "") for p in perspectives}, perspectives,
@@ -92,14 +71,6 @@ def rationale_char_spans(prefix: str, perspectives: Sequence[Perspective]) -> li
         spans.append((body, start + len(line)) if start + len(line) > body else (start, start + len(p.title)))
         start += len(line) + 1
     return spans
-
-
-def _token_spans(tokenizer, prefix: str, char_spans: Sequence[tuple[int, int]]) -> list[np.ndarray]:
-    """Indices of the tokens of ``prefix`` (tokenized alone, as :func:`encode_completions`) that
-    overlap each character span."""
-    enc = tokenizer(prefix, add_special_tokens=False, return_offsets_mapping=True)
-    offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
-    return [np.flatnonzero((offsets[:, 0] < b) & (offsets[:, 1] > a)) for a, b in char_spans]
 
 
 # ----------------------------------------------------------------------------- sentence encoder
@@ -293,7 +264,7 @@ def label_pairs(model, tokenizer, prompts: Sequence[str], perspectives: Sequence
         latents = np.zeros((len(prompts), len(perspectives), states.shape[-1]), np.float32)
         for i, prefix in enumerate(prefixes):
             start = width - len(prefix_ids[i])  # position of the prefix's first token in the padded row
-            for k, tokens in enumerate(_token_spans(tokenizer, prefix, rationale_char_spans(prefix, perspectives))):
+            for k, tokens in enumerate(token_spans(tokenizer, prefix, rationale_char_spans(prefix, perspectives))):
                 if len(tokens):
                     latents[i, k] = states[i, start + torch.as_tensor(tokens, device=states.device)].mean(dim=0).cpu().numpy()
     return LabelledBatch(texts, rationales, [r.label for r in parsed], [r.error for r in parsed], probs, latents)
@@ -386,6 +357,6 @@ def annotate_pool(model, tokenizer, frame: pd.DataFrame, rows: Sequence[int], pe
     return stats
 
 
-__all__ = ["grade_token_ids", "contextual_calibration", "CompletionNoRepeatNGram", "GradeScorer", "label_prefix",
+__all__ = ["contextual_calibration", "CompletionNoRepeatNGram", "GradeScorer", "label_prefix",
            "rationale_char_spans", "SentenceEmbedder", "LabelledBatch", "generate_completions", "score_label_position", "label_pairs", "pair_prompts", "AnnotationStats",
            "annotate_pool", "LATENT_SOURCES", "DEFAULT_SENTENCE_ENCODER"]

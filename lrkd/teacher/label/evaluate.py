@@ -11,8 +11,9 @@ from tqdm.auto import tqdm
 
 from lrkd.schema import UNLABELLED, LabelSet
 from lrkd.evaluation.metrics import RelevanceMetrics
-from lrkd.teacher.label.annotate import grade_token_ids, label_pairs, pair_prompts
+from lrkd.teacher.label.annotate import label_pairs, pair_prompts
 from lrkd.teacher.prompts import Perspective
+from lrkd.teacher.tokens import grade_token_ids
 
 
 def evaluate_teacher(model, tokenizer, frame: pd.DataFrame, rows: Sequence[int], perspectives: Sequence[Perspective],

@@ -41,11 +41,12 @@ from lrkd.artefact import ArtefactWriter, iter_shards, read_manifest
 from lrkd.artefact.ranks import artefact_keys
 from lrkd.data.encode import item_text
 from lrkd.schema import text_fields
-from lrkd.teacher.label.annotate import _token_spans, grade_token_ids, label_prefix, rationale_char_spans
+from lrkd.teacher.label.annotate import label_prefix, rationale_char_spans
 from lrkd.teacher.runtime.llama_cpp import LlamaCppRuntime
 from lrkd.teacher.parse import parse_multi
 from lrkd.teacher.prompts import (Perspective, one_line, prompt_add_special_tokens, render_judge_prompt,
                                   render_multi_prompt)
+from lrkd.teacher.tokens import grade_token_ids, token_spans
 
 log = logging.getLogger(__name__)
 
@@ -70,21 +71,6 @@ def split_prompt(tokenizer, prompt: str) -> tuple[list[int], list[int]]:
     head = tokenizer(prompt[:cut], add_special_tokens=prompt_add_special_tokens(tokenizer))["input_ids"]
     tail = tokenizer(prompt[cut:], add_special_tokens=False)["input_ids"]
     return list(head), list(tail)
-
-
-def answer_token_ids(tokenizer, prefix: str, answers: Sequence[str]) -> tuple[list[int], list[int]]:
-    """(ids of ``prefix`` alone, the first token of each ``" <answer>"`` after it); ValueError when
-    two answers share their first token."""
-    head = tokenizer(prefix, add_special_tokens=False)["input_ids"]
-    ids = []
-    for answer in answers:
-        full = tokenizer(f"{prefix} {answer}", add_special_tokens=False)["input_ids"]
-        if full[:len(head)] != head or len(full) <= len(head):
-            raise ValueError(f"the tokenizer merges {prefix!r} with {answer!r}")
-        ids.append(int(full[len(head)]))
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"answers {list(answers)} must start with distinct tokens after {prefix!r}")
-    return list(head), ids
 
 
 def read_pair(runtime, shared: Sequence[int], pair: Sequence[int], prefix_ids: Sequence[int],
@@ -152,7 +138,7 @@ class RationaleReader:
         z = reading.logits[np.asarray(grade_token_ids(tok, self.grade_names))].astype(np.float64)
         soft = np.exp(z - z.max())
         soft /= soft.sum()
-        spans = _token_spans(tok, prefix, rationale_char_spans(prefix, perspectives))
+        spans = token_spans(tok, prefix, rationale_char_spans(prefix, perspectives))
         latents = np.stack([reading.hidden[t].mean(axis=0) if len(t) else np.zeros(reading.hidden.shape[1])
                             for t in spans])
         return soft.astype(np.float32), latents.astype(np.float32), rationales
@@ -314,6 +300,6 @@ def prompts_for_rows(tokenizer, frame, rows: Sequence[int], max_item_words: int 
     return out
 
 
-__all__ = ["PairPrompt", "split_prompt", "answer_token_ids", "read_pair", "JudgementReader", "RationaleReader",
+__all__ = ["PairPrompt", "split_prompt", "read_pair", "JudgementReader", "RationaleReader",
            "ScoreJob", "score_pairs", "Reads",
            "iter_reads", "prompts_for_rows", "completed_keys", "part_dirs"]
