@@ -171,7 +171,7 @@ def test_multirun_of_two_ddp_jobs_makes_two_job_dirs_and_nothing_else(tmp_path, 
 
 # -------------------------------------------------------------------------- teacher stages on DDP
 def _generate(make_cfg, tmp_path, monkeypatch, work: Path) -> None:
-    from lrkd.teacher.runtime.http import LocalHFBackend
+    from lrkd.teacher.runtime.hf import LocalHFBackend
     from tests.teacher.test_pipeline import scripted_generate
 
     monkeypatch.setattr(LocalHFBackend, "generate", scripted_generate)

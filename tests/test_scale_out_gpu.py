@@ -49,7 +49,7 @@ def test_student_fits_and_tests(make_cfg, tmp_path, trainer):
 @pytest.mark.parametrize("trainer", TRAINERS)
 def test_teacher_sft_fits_and_saves_whole_weights(make_cfg, tmp_path, monkeypatch, trainer):
     _needs(trainer)
-    from lrkd.teacher.runtime.http import LocalHFBackend
+    from lrkd.teacher.runtime.hf import LocalHFBackend
     from lrkd.teacher.train.module import load_trained_teacher
     from tests.teacher.test_pipeline import scripted_generate
 

@@ -15,7 +15,7 @@ from lrkd.stages import base
 from lrkd.stages.base import StageRun, select_rows
 from lrkd.stages.teacher_common import inference_device, init_teacher, load_pairs
 from lrkd.teacher.label.annotate import GradeScorer
-from lrkd.teacher.runtime.http import OpenAIHTTPBackend, backend_from_config
+from lrkd.teacher.runtime import OpenAIHTTPBackend, backend_from_config
 from lrkd.teacher.train.generate import format_stats_table, generate_mpcot
 from lrkd.teacher.model import inference_model, load_teacher, load_teacher_tokenizer
 from lrkd.teacher.train.module import load_trained_teacher

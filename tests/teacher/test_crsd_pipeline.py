@@ -9,7 +9,7 @@ import pandas as pd
 
 from lrkd.stages.base import read_stage_record
 from lrkd.stages.pipeline import run_pipeline
-from lrkd.teacher.runtime.http import LocalHFBackend
+from lrkd.teacher.runtime.hf import LocalHFBackend
 from lrkd.teacher.train.module import read_model_record
 from tests.teacher.test_pipeline import PIPELINE, scripted_generate
 

@@ -154,7 +154,7 @@ def test_load_teacher_tiny(tiny_teacher, tmp_path):
 
 
 def test_local_backend_is_seeded_and_left_pads(tiny_teacher):
-    from lrkd.teacher.runtime.http import LocalHFBackend
+    from lrkd.teacher.runtime.hf import LocalHFBackend
 
     model, tokenizer = tiny_teacher
     backend = LocalHFBackend(model, tokenizer, batch_size=4, progress=False)
@@ -261,7 +261,7 @@ def test_real_smollm2_generates_for_two_pairs(tmp_path):
     and MPCoT generation for 2 pairs."""
     from transformers import AutoModelForCausalLM
 
-    from lrkd.teacher.runtime.http import LocalHFBackend
+    from lrkd.teacher.runtime.hf import LocalHFBackend
     from lrkd.teacher.model import load_teacher, packaged_gguf_path
     from tests.teacher import INTENT, SPECS
 

@@ -1,103 +1,27 @@
-"""Text generation backends: ``generate(prompts, n, temperature, max_new_tokens, seed)`` returns, for
-each prompt, ``n`` sampled completions (the text after the prompt).
-
-- :class:`LocalHFBackend`: a Hugging Face causal LM in this process (batched ``generate``, left
-  padding), seeded per batch so that the same inputs give the same samples.
-- :class:`OpenAIHTTPBackend`: any OpenAI-compatible server (vLLM, TGI, llama.cpp server, a
-  provider) over ``/v1/completions`` or ``/v1/chat/completions``, with concurrent requests, a rate
-  limit, timeouts and retries with exponential backoff. The API key is read from the environment
-  only and never logged.
+"""Completions from any OpenAI-compatible server (vLLM, TGI, llama.cpp server, a provider) over
+``/v1/completions`` or ``/v1/chat/completions`` (:class:`OpenAIHTTPBackend`), with concurrent
+requests, a rate limit, timeouts and retries with exponential backoff. The API key is read from the
+environment only and never logged. ``httpx`` (the ``teacher`` extra) is imported when a backend is
+built.
 """
 from __future__ import annotations
 
 import concurrent.futures
 import email.utils
-import hashlib
 import logging
 import os
 import random
 import threading
 import time
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Mapping
 
-import torch
 from tqdm.auto import tqdm
 
-from lrkd.teacher.prompts import prompt_add_special_tokens
+from lrkd.teacher.runtime.base import GenerationBackend, derive_seed
 
 log = logging.getLogger(__name__)
 
 
-def derive_seed(seed: int, *keys: Any) -> int:
-    """A 31-bit seed from ``seed`` and keys (e.g. a shard or batch index); stable across processes."""
-    digest = hashlib.sha256(repr((int(seed),) + tuple(keys)).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
-@runtime_checkable
-class GenerationBackend(Protocol):
-    def generate(self, prompts: list[str], n: int, temperature: float, max_new_tokens: int,
-                 seed: int) -> list[list[str]]:
-        """``len(prompts)`` lists of ``n`` completions each; raises when a prompt cannot be served."""
-        ...
-
-
-# ---------------------------------------------------------------------------------------- local
-class LocalHFBackend:
-    """Batched sampling from a local causal LM.
-
-    model, tokenizer: from :func:`lrkd.teacher.model.load_teacher` (left padding, a pad token).
-    batch_size: sequences per ``generate`` call (prompts per call = max(1, batch_size // n)).
-    generate_kwargs: further ``generate`` arguments (top_p, top_k, repetition_penalty, ...).
-    Batch b of a call is sampled under ``derive_seed(seed, b)`` (the global RNG is left untouched).
-    With ``temperature <= 0`` decoding is greedy: one sequence per prompt, repeated n times.
-    """
-
-    def __init__(self, model, tokenizer, batch_size: int = 16, progress: bool = True,
-                 generate_kwargs: Mapping | None = None):
-        if tokenizer.padding_side != "left":
-            raise ValueError("LocalHFBackend needs a left-padding tokenizer (load_teacher sets it)")
-        self.model, self.tokenizer = model, tokenizer
-        self.batch_size = max(1, int(batch_size))
-        self.progress = progress
-        self.generate_kwargs = dict(generate_kwargs or {})
-        self.add_special_tokens = prompt_add_special_tokens(tokenizer)
-
-    def generate(self, prompts: list[str], n: int, temperature: float, max_new_tokens: int,
-                 seed: int) -> list[list[str]]:
-        sample = float(temperature) > 0
-        per_prompt = int(n) if sample else 1
-        step = max(1, self.batch_size // per_prompt)
-        starts = range(0, len(prompts), step)
-        device = next(self.model.parameters()).device
-        kwargs = dict(self.generate_kwargs, do_sample=sample, num_return_sequences=per_prompt,
-                      max_new_tokens=int(max_new_tokens), pad_token_id=self.tokenizer.pad_token_id)
-        if sample:
-            kwargs["temperature"] = float(temperature)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        out: list[list[str]] = []
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            for b, start in enumerate(tqdm(starts, desc="generate", unit="batch", leave=False,
-                                           disable=not self.progress or len(starts) < 2)):
-                chunk = prompts[start:start + step]
-                enc = self.tokenizer(chunk, return_tensors="pt", padding=True, return_token_type_ids=False,
-                                     add_special_tokens=self.add_special_tokens).to(device)
-                with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]), torch.inference_mode():
-                    torch.manual_seed(derive_seed(seed, b))
-                    ids = self.model.generate(**enc, **kwargs)
-                texts = self.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-                for i in range(len(chunk)):
-                    got = texts[i * per_prompt:(i + 1) * per_prompt]
-                    out.append(got if sample else got * int(n))
-        finally:
-            self.model.train(was_training)
-        return out
-
-
-# ----------------------------------------------------------------------------------------- http
 class HTTPBackendError(RuntimeError):
     """A request that failed for good: a 4xx other than 429, or all retries spent."""
 
@@ -136,7 +60,7 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-class OpenAIHTTPBackend:
+class OpenAIHTTPBackend(GenerationBackend):
     """Completions from an OpenAI-compatible server.
 
     base_url: e.g. ``http://127.0.0.1:8000`` (``/v1`` is appended unless it ends with it).
@@ -184,12 +108,6 @@ class OpenAIHTTPBackend:
 
     def close(self) -> None:
         self._client.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # ------------------------------------------------------------------------------ requests
     @property
@@ -280,20 +198,4 @@ class OpenAIHTTPBackend:
         return results  # type: ignore[return-value]
 
 
-def backend_from_config(stage_cfg, model=None, tokenizer=None) -> GenerationBackend:
-    """``stage.backend`` (``local`` | ``http``) -> a backend; ``local`` needs the loaded model and
-    tokenizer, ``http`` reads ``stage.http``."""
-    kind = str(stage_cfg.get("backend", "local"))
-    if kind == "local":
-        if model is None or tokenizer is None:
-            raise ValueError("backend=local needs the teacher model and tokenizer")
-        return LocalHFBackend(model, tokenizer, batch_size=int(stage_cfg.get("batch_size", 16)))
-    if kind == "http":
-        http = dict(stage_cfg.get("http") or {})
-        unknown = set(http) - {"base_url", "model", "api_key_env", "concurrency", "timeout_s", "max_retries",
-                               "backoff_s", "rate_limit_per_s", "use_chat", "max_backoff_s"}
-        if unknown:
-            raise ValueError(f"stage.http: unknown key(s) {sorted(unknown)}")
-        return OpenAIHTTPBackend(**http)
-    raise ValueError(f"stage.backend must be 'local' or 'http', got {kind!r}")
-
+__all__ = ["OpenAIHTTPBackend", "HTTPBackendError", "RateLimiter", "retry_after_seconds"]

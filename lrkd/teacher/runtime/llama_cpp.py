@@ -32,6 +32,8 @@ from typing import Sequence
 
 import numpy as np
 
+from lrkd.teacher.runtime.base import TeacherRuntime
+
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'lrkd[llamacpp]'  (the cyllama binding of llama.cpp, a prebuilt wheel)"
@@ -76,7 +78,7 @@ class Reading:
     hidden: np.ndarray | None
 
 
-class LlamaCppRuntime:
+class LlamaCppRuntime(TeacherRuntime):
     """One llama.cpp context over ``gguf_path`` (see the module docstring).
 
     n_ctx: context length in tokens (prompt + completion). n_threads: threads of this process

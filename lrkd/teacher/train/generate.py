@@ -39,7 +39,7 @@ import pandas as pd
 
 from lrkd.schema import DataError, text_fields
 from lrkd.data.encode import item_text
-from lrkd.teacher.runtime.http import GenerationBackend, derive_seed
+from lrkd.teacher.runtime.base import GenerationBackend, derive_seed
 from lrkd.teacher.parse import parse_single
 from lrkd.teacher.prompts import Perspective, clip_words, render_perspective_prompt
 
