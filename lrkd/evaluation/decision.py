@@ -14,7 +14,8 @@ Fitting (:meth:`ThresholdRule.fit`): coordinate ascent. Start from the midpoints
 grade values (rounding s to the nearest grade); then, pass after pass, move each threshold to the
 best of up to ``max_candidates`` candidate cut points (midpoints between consecutive distinct val
 scores, subsampled by quantile) strictly between its neighbours, the others fixed; stop when a pass
-gains nothing. Monotone by construction.
+gains nothing. Monotone by construction. The metrics are :mod:`lrkd.evaluation.confusion`'s (the
+same QWK and macro-F1 as the logged ``<split>/<metric>`` keys).
 """
 from __future__ import annotations
 
@@ -23,49 +24,11 @@ from typing import Mapping
 
 import numpy as np
 
+from lrkd.evaluation.confusion import grade_metric
+
 DECISION_KINDS = ("argmax", "thresholds")
 DECISION_SCORES = ("expected_relevance", "expected_gain")
 DECISION_METRICS = ("qwk", "macro_f1")
-
-
-# ------------------------------------------------------------------------- metrics on hard grades
-def confusion(preds: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """[C, C] counts, rows = gold, columns = predicted."""
-    return np.bincount(labels * num_classes + preds, minlength=num_classes ** 2).reshape(num_classes, num_classes)
-
-
-def qwk_from_confusion(cm: np.ndarray) -> float:
-    """Cohen's kappa with quadratic weights (as scikit-learn's ``cohen_kappa_score``); 0 when undefined."""
-    cm = cm.astype(np.float64)
-    n = cm.sum()
-    if n == 0:
-        return 0.0
-    c = cm.shape[0]
-    idx = np.arange(c)
-    w = (idx[:, None] - idx[None, :]) ** 2
-    expected = np.outer(cm.sum(1), cm.sum(0)) / n
-    denom = (w * expected).sum()
-    return 0.0 if denom == 0 else float(1.0 - (w * cm).sum() / denom)
-
-
-def macro_f1_from_confusion(cm: np.ndarray) -> float:
-    """Mean F1 over the classes present in the gold labels or the predictions (scikit-learn's and
-    lrkd.evaluation.metrics' convention)."""
-    tp = np.diag(cm).astype(np.float64)
-    gold, pred = cm.sum(1), cm.sum(0)
-    present = (gold + pred) > 0
-    if not present.any():
-        return 0.0
-    f1 = np.divide(2 * tp, gold + pred, out=np.zeros_like(tp), where=(gold + pred) > 0)
-    return float(f1[present].mean())
-
-
-METRIC_FUNCTIONS = {"qwk": qwk_from_confusion, "macro_f1": macro_f1_from_confusion}
-
-
-def decision_metric(preds: np.ndarray, labels: np.ndarray, num_classes: int, metric: str) -> float:
-    """``metric`` (qwk | macro_f1) of hard grades ``preds [N]`` against ``labels [N]``."""
-    return METRIC_FUNCTIONS[metric](confusion(np.asarray(preds), np.asarray(labels), num_classes))
 
 
 # ---------------------------------------------------------------------------------------- rules
@@ -177,7 +140,7 @@ class ThresholdRule:
         for k in range(1, c - 1):
             if t[k] <= t[k - 1]:
                 t[k] = np.nextafter(t[k - 1], np.inf)
-        score_of = lambda th: decision_metric(self.decide_scores(s, th), y, c, self.metric)  # noqa: E731
+        score_of = lambda th: grade_metric(self.decide_scores(s, th), y, c, self.metric)  # noqa: E731
         best = score_of(t)
         for _ in range(self.max_passes):
             improved = False
@@ -222,5 +185,4 @@ def rule_from_dict(d: Mapping | None, label_set=None):
                          thresholds=None if thresholds is None else tuple(thresholds), **extra)
 
 
-__all__ = ["DECISION_KINDS", "DECISION_SCORES", "DECISION_METRICS", "ArgmaxRule", "ThresholdRule",
-           "rule_from_dict", "decision_metric", "confusion", "qwk_from_confusion", "macro_f1_from_confusion"]
+__all__ = ["DECISION_KINDS", "DECISION_SCORES", "DECISION_METRICS", "ArgmaxRule", "ThresholdRule", "rule_from_dict"]
