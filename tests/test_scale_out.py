@@ -311,7 +311,7 @@ def test_zero_on_gloo_then_the_checkpoint_converts_to_one_fp32_file(make_cfg, tm
     import torch.multiprocessing as mp
     from lightning.fabric.plugins.environments.lightning import find_free_network_port
 
-    from lrkd.serve.scorers import load_student
+    from lrkd.serve.scorers import load_served
     from lrkd.student.module import StudentModule
     from lrkd.lightning.deepspeed import main as zero_to_fp32
 
@@ -332,7 +332,7 @@ def test_zero_on_gloo_then_the_checkpoint_converts_to_one_fp32_file(make_cfg, tm
     assert set(state) == set(full)
     for key, value in full.items():
         assert state[key].dtype == torch.float32 and torch.equal(state[key], value), key
-    served, serving = load_student(converted)  # predict and export read it too
+    served, serving = load_served(converted)  # predict and export read it too
     assert serving.max_length == 64 and torch.equal(served.classifier[1].weight, full["student.classifier.1.weight"])
 
 

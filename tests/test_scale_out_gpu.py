@@ -33,7 +33,7 @@ def _needs(trainer: str) -> None:
 @pytest.mark.parametrize("trainer", TRAINERS)
 def test_student_fits_and_tests(make_cfg, tmp_path, trainer):
     _needs(trainer)
-    from lrkd.serve.scorers import load_student
+    from lrkd.serve.scorers import load_served
 
     run = tmp_path / "run"
     result = get_stage("student")(make_cfg(f"trainer={trainer}", "trainer.devices=1", *FAST, output_dir=run))
@@ -42,7 +42,7 @@ def test_student_fits_and_tests(make_cfg, tmp_path, trainer):
     if trainer.startswith("deepspeed"):
         fp32 = Path(result["best_checkpoint_fp32"])
         assert Path(result["best_checkpoint"]).is_dir() and fp32.is_file()
-        module, serving = load_student(fp32)
+        module, serving = load_served(fp32)
         assert serving.max_length == 64 and all(p.dtype == torch.float32 for p in module.parameters())
 
 

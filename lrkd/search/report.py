@@ -25,6 +25,8 @@ import pandas as pd
 from lrkd.search.latency_table import Architecture
 from lrkd.search.sampler import loo_rank_correlation
 from lrkd.search.space import encode_many
+from lrkd.serve.hf import save_student_pretrained
+from lrkd.serve.scorers import load_served
 from lrkd.utils import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -92,9 +94,6 @@ def plot_pareto(frame: pd.DataFrame, front: pd.DataFrame, path: Path, budget_ms:
 
 def save_chosen(job_dir: Path, out: Path) -> Path | None:
     """The job's best checkpoint (its metrics.json) in the save_pretrained form at ``out``."""
-    from lrkd.serve.hf import save_student_pretrained
-    from lrkd.serve.scorers import load_student
-
     metrics = job_dir / "metrics.json"
     if not metrics.is_file():
         log.warning("no %s: the chosen student is not saved", metrics)
@@ -103,7 +102,7 @@ def save_chosen(job_dir: Path, out: Path) -> Path | None:
     if not ckpt or not Path(ckpt).is_file():
         log.warning("the chosen job %s has no best checkpoint: the chosen student is not saved", job_dir)
         return None
-    student, config = load_student(ckpt)
+    student, config = load_served(ckpt)
     return save_student_pretrained(student, out, serving=config)
 
 

@@ -86,6 +86,16 @@ class ServingConfig:
                    text_fields=None if fields is None else tuple(fields),
                    perspectives=tuple(spec.get("perspectives") or ()), decision=decision)
 
+    @classmethod
+    def of_student(cls, loaded, max_length: int | None = None) -> "ServingConfig":
+        """The serving config of a student read by :func:`lrkd.student.checkpoint.load_student`: the
+        one a ``save_pretrained`` directory recorded (its tokenizer is the directory itself), else
+        from the ``.ckpt``'s hyper-parameters and fitted decision rule. ``max_length`` overrides the
+        recorded one."""
+        if loaded.serving is not None:
+            return cls.from_dict({**loaded.serving, "tokenizer": str(loaded.path)}).replace(max_length=max_length)
+        return cls.from_hparams(loaded.hparams, max_length=max_length, decision=loaded.decision)
+
     def with_decision_of(self, module) -> "ServingConfig":
         """This config with ``module``'s decision rule (a fitted tuned rule; argmax records none)."""
         rule = module.decision_rule() if hasattr(module, "decision_rule") else None

@@ -39,7 +39,7 @@ from lrkd.evaluation.decision import ArgmaxRule, rule_from_dict
 from lrkd.evaluation.metrics import PredictionStore, RelevanceMetrics, decision_metrics
 from lrkd.losses import NonFiniteLossError
 from lrkd.lightning.optim import configure, total_training_steps
-from lrkd.student.checkpoint import DECISION_CHECKPOINT_KEY, upgrade_state_dict
+from lrkd.student.checkpoint import DECISION_CHECKPOINT_KEY, upgrade_state_dict, upgrade_targets
 from lrkd.student.encoder import count_parameters
 from lrkd.student.model import RelevanceStudent
 from lrkd.utils import plain
@@ -76,8 +76,9 @@ class StudentModule(L.LightningModule):
     def __init__(self, encoder: dict, extractor: dict, loss: dict, optimizer: dict, data_spec: dict,
                  decision: dict | None = None, scheduler: dict | None = None):
         super().__init__()
-        encoder, extractor, loss, optimizer, data_spec, decision, scheduler = map(
-            plain, (encoder, extractor, loss, optimizer, data_spec, decision, scheduler))
+        # plain containers; dotted paths of moved modules (an older checkpoint's) under their new names
+        encoder, extractor, loss, optimizer, data_spec, decision, scheduler = (
+            upgrade_targets(plain(x)) for x in (encoder, extractor, loss, optimizer, data_spec, decision, scheduler))
         hparams = {"encoder": encoder, "extractor": extractor, "loss": loss, "optimizer": optimizer,
                    "data_spec": data_spec}
         if decision is not None:
