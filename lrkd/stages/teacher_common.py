@@ -1,7 +1,8 @@
-"""What the teacher_sft, teacher_dpo and teacher_annotate stages share besides their lifecycle
-(:mod:`lrkd.stages.base`): the dataset, the Lightning trainer (built
-like the student's from ``cfg.trainer``, ``cfg.callbacks`` and ``cfg.logger``, checkpoints in the
-stage folder, resumed after a kill), and the teacher's evaluation on the test split.
+"""What the teacher stages share besides their lifecycle (:mod:`lrkd.stages.base`): the dataset,
+the teacher's optimizer settings, the Lightning trainer (built like the student's from
+``cfg.trainer``, ``cfg.callbacks`` and ``cfg.logger``, checkpoints in the stage folder, resumed after
+a kill), and the teacher's evaluation on the test split. Not a stage: stages never import each
+other, they import this module and :mod:`lrkd.stages.base` (tests/test_architecture.py).
 """
 from __future__ import annotations
 
@@ -50,6 +51,12 @@ def init_teacher(cfg: DictConfig) -> tuple[Path | None, str]:
         return None, "base"
     folder, record = require_finished(cfg, "teacher_dapt")
     return folder / MODEL_FOLDER, record["fingerprint"]
+
+
+def optimizer_config(stage: DictConfig) -> dict:
+    """The teacher's optimizer settings from its stage config (``lr``, ``weight_decay``, ``warmup_ratio``)."""
+    return {"lr": float(stage.lr), "weight_decay": float(stage.get("weight_decay", 0.0)),
+            "warmup_ratio": float(stage.get("warmup_ratio", 0.0))}
 
 
 def stage_without_defaults(cfg: DictConfig, **defaults) -> dict:

@@ -20,8 +20,8 @@ from omegaconf import DictConfig
 
 from lrkd.schema import DataError
 from lrkd.stages.base import StageRun, fingerprint_config
-from lrkd.stages.teacher_common import TrainLoader, evaluate_on_test, fit_save_and_record, inference_device, load_pairs
-from lrkd.stages.teacher_sft import optimizer_config
+from lrkd.stages.teacher_common import (TrainLoader, evaluate_on_test, fit_save_and_record, inference_device, load_pairs,
+                                        optimizer_config)
 from lrkd.teacher.train.dapt import (blocks_view, build_corpus, files_fingerprint, perplexity, render_documents,
                                tokenize_and_pack)
 from lrkd.teacher.train.examples import CompletionCollator, CompletionDataset

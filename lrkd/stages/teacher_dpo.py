@@ -22,14 +22,13 @@ from omegaconf import DictConfig
 from lrkd.schema import DataError
 from lrkd.stages.base import StageRun, fingerprint_config, finish_training, require_finished
 from lrkd.stages.teacher_common import (MODEL_FOLDER, TrainLoader, evaluate_on_test, fit_save_and_record,
-                                        inference_device, load_pairs, stage_without_defaults)
-from lrkd.stages.teacher_reward import read_reward_pairs
-from lrkd.stages.teacher_sft import optimizer_config
+                                        inference_device, load_pairs, optimizer_config, stage_without_defaults)
 from lrkd.teacher.train.examples import (PreferenceCollator, PreferenceDataset, fits, preference_pairs,
                                    tokenize_prompt_completions, write_examples_jsonl)
 from lrkd.teacher.train.generate import read_generations
 from lrkd.teacher.train.module import TeacherDPOModule, load_trained_teacher, precompute_reference_logprobs, save_alias
 from lrkd.teacher.prompts import perspectives_from_config
+from lrkd.teacher.reward.pairs import read_reward_pairs
 
 log = logging.getLogger(__name__)
 

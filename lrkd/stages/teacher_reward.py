@@ -14,9 +14,7 @@ dimension, ``combined``), ``pairs.jsonl`` (prompt, chosen, rejected, their score
 """
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -30,23 +28,16 @@ from lrkd.teacher.train.generate import read_generations
 from lrkd.teacher.model import load_teacher_tokenizer
 from lrkd.teacher.prompts import perspectives_from_config
 from lrkd.teacher.reward.model import bradley_terry, cross_fitted, evaluate_ridge
-from lrkd.teacher.reward.pairs import best_worst_pairs, candidates_from_generations, combine, prompts_of
+from lrkd.teacher.reward.pairs import (best_worst_pairs, candidates_from_generations, combine, prompts_of,
+                                      write_reward_pairs)
 from lrkd.teacher.reward.dimensions import score_dimensions
 from lrkd.utils import plain
 
 log = logging.getLogger(__name__)
 
 STAGE = "teacher_reward"
-SCORES_FILE, PAIRS_FILE = "scores.parquet", "pairs.jsonl"
+SCORES_FILE = "scores.parquet"
 SOURCES = ("rules", "learned")
-
-
-def read_reward_pairs(folder) -> list[dict]:
-    """The pairs of a finished teacher_reward stage (``pairs.jsonl``), largest margin first."""
-    path = folder / PAIRS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: re-run `python train.py stage=teacher_reward`")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _learned(cfg: DictConfig, candidates, scores: dict, groups, dims, weights, seed: int):
@@ -121,9 +112,7 @@ def run_teacher_reward(cfg: DictConfig) -> dict:
     out = run.out
     out.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out / SCORES_FILE, index=False)
-    with open(out / PAIRS_FILE, "w", encoding="utf-8") as f:
-        for p in pairs:
-            f.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
+    write_reward_pairs(out, pairs)
     margins = [p.margin for p in pairs]
     metrics.update({"prompts": counts["prompts"], "pairs": len(pairs), "dropped_ties": counts["ties"],
                     "dropped_below_margin": counts["below_margin"],

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from lrkd.schema import DataError
 from lrkd.stages.base import StageRun, fingerprint_config, require_finished
 from lrkd.stages.teacher_common import (TrainLoader, evaluate_on_test, fit_save_and_record, init_teacher, load_pairs,
-                                        stage_without_defaults)
+                                        optimizer_config, stage_without_defaults)
 from lrkd.teacher.train.examples import (CompletionCollator, CompletionDataset, fits, sft_examples,
                                    tokenize_prompt_completions, write_examples_jsonl)
 from lrkd.teacher.train.generate import read_generations
@@ -27,11 +27,6 @@ from lrkd.teacher.prompts import perspectives_from_config
 log = logging.getLogger(__name__)
 
 STAGE = "teacher_sft"
-
-
-def optimizer_config(stage: DictConfig) -> dict:
-    return {"lr": float(stage.lr), "weight_decay": float(stage.get("weight_decay", 0.0)),
-            "warmup_ratio": float(stage.get("warmup_ratio", 0.0))}
 
 
 def run_teacher_sft(cfg: DictConfig) -> dict:

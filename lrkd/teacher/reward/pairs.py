@@ -14,7 +14,10 @@ margin 0, are always dropped), ordered by margin, largest first.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -23,6 +26,7 @@ import pandas as pd
 from lrkd.schema import UNLABELLED, DataError, text_fields
 from lrkd.data.encode import item_text
 from lrkd.teacher.prompts import Perspective, clip_words, format_multi_completion, one_line, render_multi_prompt
+from lrkd.utils import write_text_atomic
 
 NORMALISATIONS = ("zscore", "center", "none")
 
@@ -162,5 +166,22 @@ def prompts_of(candidates: Sequence[Candidate], tokenizer, perspectives: Sequenc
     return out
 
 
+PAIRS_FILE = "pairs.jsonl"
+
+
+def write_reward_pairs(folder: str | os.PathLike, pairs: Sequence[RewardPair]) -> Path:
+    """``<folder>/pairs.jsonl``, one :class:`RewardPair` per line (the teacher_reward stage's output), atomically."""
+    return write_text_atomic(Path(folder) / PAIRS_FILE,
+                             "".join(json.dumps(asdict(p), ensure_ascii=False) + "\n" for p in pairs))
+
+
+def read_reward_pairs(folder: str | os.PathLike) -> list[dict]:
+    """The pairs of a finished teacher_reward stage (``pairs.jsonl``), largest margin first."""
+    path = Path(folder) / PAIRS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: re-run `python train.py stage=teacher_reward`")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 __all__ = ["Candidate", "RewardPair", "candidates_from_generations", "combine", "best_worst_pairs", "prompts_of",
-           "multi_completion", "NORMALISATIONS"]
+           "multi_completion", "NORMALISATIONS", "PAIRS_FILE", "write_reward_pairs", "read_reward_pairs"]
