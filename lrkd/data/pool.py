@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
@@ -46,6 +45,7 @@ from lrkd.data.encode import item_texts
 from lrkd.schema import UNLABELLED, DataError, text_fields
 from lrkd.data.sources import text_column, item_id_for, read_table
 from lrkd.encoders import load_encoder, masked_mean, resolve_model_path
+from lrkd.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -305,14 +305,7 @@ def cached_pool(frame: pd.DataFrame, train_rows: Sequence[int], options: Mapping
     catalogue = load_catalogue(path_in, fields)
     df = build(frame, train_rows, catalogue, retriever=options["retriever"], k=options["k"],
                seed=options["seed"], device=options["device"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         df.to_parquet(tmp, compression="zstd", index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     log.info("pool cache written: %s (%d pairs)", path, len(df))
     return df, False

@@ -19,8 +19,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
+
+import torch
+
+from lrkd.utils import atomic_path
 
 # what DeepSpeed adds to the client state of a checkpoint; none of it is needed to load the weights
 DEEPSPEED_KEYS = ("buffer_names", "param_shapes", "frozen_param_shapes", "shared_params", "frozen_param_fragments",
@@ -45,7 +48,7 @@ def default_output(checkpoint_dir: str | os.PathLike) -> Path:
 def convert(checkpoint_dir: str | os.PathLike, output_file: str | os.PathLike | None = None,
             tag: str | None = None) -> Path:
     """Consolidate ``checkpoint_dir`` into one fp32 checkpoint file; returns its path."""
-    import torch
+    # Lightning's converter imports DeepSpeed (the deepspeed extra): only when converting
     from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
 
     src = Path(checkpoint_dir)
@@ -53,18 +56,11 @@ def convert(checkpoint_dir: str | os.PathLike, output_file: str | os.PathLike | 
         raise FileNotFoundError(f"{src} is not a DeepSpeed checkpoint directory (a ZeRO checkpoint is a "
                                 f"folder with a 'latest' file and one shard per rank)")
     out = Path(output_file) if output_file is not None else default_output(src)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        state = convert_zero_checkpoint_to_fp32_state_dict(str(src), tmp, tag=tag)
+    with atomic_path(out) as tmp:
+        state = convert_zero_checkpoint_to_fp32_state_dict(str(src), str(tmp), tag=tag)
         state = {k: v for k, v in state.items() if k not in DEEPSPEED_KEYS}
         torch.save(state, tmp)
         torch.load(tmp, map_location="cpu", weights_only=True)  # what its readers will do
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return out
 
 

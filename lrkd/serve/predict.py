@@ -54,6 +54,7 @@ from lrkd.schema import DataError, LabelSet
 from lrkd.serve.config import ServingConfig
 from lrkd.serve.scorers import Scorer
 from lrkd.student.encoder import load_tokenizer
+from lrkd.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +159,8 @@ class ScoreWriter:
         if clash:
             raise DataError(f"input column(s) {clash} would clash with output columns; "
                             "leave them out with --keep-columns", path=str(path), column=clash[0])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self._atomic = atomic_path(self.path)  # the output appears whole, when closed
+        self.tmp = self._atomic.open()
         if self.format == "parquet":
             fields = [pa.field("line", pa.int64())]
             for col in self.passthrough:
@@ -202,9 +203,9 @@ class ScoreWriter:
         else:
             self._file.close()
         if commit:
-            os.replace(self.tmp, self.path)
+            self._atomic.commit()
         else:
-            self.tmp.unlink(missing_ok=True)
+            self._atomic.discard()
 
 
 def _round(value):

@@ -29,6 +29,7 @@ from lrkd.teacher.train.generate import read_generations
 from lrkd.teacher.train.module import TeacherDPOModule, load_trained_teacher, precompute_reference_logprobs, save_alias
 from lrkd.teacher.prompts import perspectives_from_config
 from lrkd.teacher.reward.pairs import read_reward_pairs
+from lrkd.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,8 @@ def reference_logprobs(module, dataset, pad_id: int, path: Path, fingerprint: st
             if str(z["fingerprint"]) == fingerprint and len(z["chosen"]) == len(dataset):
                 return z["chosen"], z["rejected"]
     chosen, rejected = precompute_reference_logprobs(module.model, dataset, pad_id, batch_size=batch_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, chosen=chosen, rejected=rejected, fingerprint=np.array(fingerprint))
-    tmp.replace(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would add .npz to a name
+        np.savez(f, chosen=chosen, rejected=rejected, fingerprint=np.array(fingerprint))
     return chosen, rejected
 
 

@@ -13,14 +13,27 @@ on val, scores itself on test and writes the student's artefact.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import torch
 from omegaconf import DictConfig
 
+from lrkd.artefact import ArtefactWriter
+from lrkd.evaluation.metrics import RelevanceMetrics
 from lrkd.stages.base import StageRun, select_rows, stage_folder
 from lrkd.stages.teacher_common import load_pairs
-from lrkd.utils import plain
+from lrkd.teacher.label.calibration import (OrdinalCalibration, expected_calibration_error, judgement_score,
+                                            raw_grade_probs)
+from lrkd.teacher.label.score_pool import JudgementReader, RationaleReader, iter_reads, prompts_for_rows, score_pairs
+from lrkd.teacher.model import llama_cpp_source
+from lrkd.teacher.prompts import JUDGE_ANSWERS, JUDGE_INSTRUCTION, JUDGE_PREFIX, perspectives_from_config
+from lrkd.teacher.runtime.llama_cpp import gguf_embedding_dim
+from lrkd.teacher.tokens import answer_token_ids
+from lrkd.utils import atomic_path, plain
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +44,6 @@ ARTEFACT_FOLDER = "score_annotations"
 
 def reads_folder(cfg: DictConfig):
     """``stage.reads_dir``, or ``<work_dir>/reads``."""
-    from pathlib import Path
-
     if cfg.stage.get("reads_dir"):
         return Path(str(cfg.stage.reads_dir)).expanduser()
     return stage_folder(cfg, READS_FOLDER)
@@ -52,10 +63,6 @@ def pca_projection(latents: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarra
 
 def reading_settings(cfg: DictConfig, gguf: str) -> dict:
     """What a reading depends on (a part written under other settings is not resumed)."""
-    import os
-
-    from lrkd.teacher.prompts import JUDGE_ANSWERS, JUDGE_INSTRUCTION, JUDGE_PREFIX
-
     return {"gguf": os.path.basename(gguf), "gguf_bytes": os.path.getsize(gguf), "teacher": str(cfg.teacher.name),
             "max_item_words": cfg.stage.get("max_item_words"), "instruction": JUDGE_INSTRUCTION,
             "prefix": JUDGE_PREFIX, "answers": list(JUDGE_ANSWERS), "n_batch": int(cfg.teacher.llama_cpp.n_batch)}
@@ -63,9 +70,6 @@ def reading_settings(cfg: DictConfig, gguf: str) -> dict:
 
 def read_splits(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
     """Step 1: read every pair of ``stage.splits`` (in that order) not read yet."""
-    from lrkd.teacher.prompts import JUDGE_ANSWERS, JUDGE_PREFIX
-    from lrkd.teacher.label.score_pool import JudgementReader, answer_token_ids, prompts_for_rows, score_pairs
-
     rows = np.concatenate([select_rows(dm.frame, dm.splits, [s], cfg.stage.get("max_pairs"), int(cfg.seed))
                            for s in plain(cfg.stage.splits)])
     prompts = prompts_for_rows(tokenizer, dm.frame, rows, cfg.stage.get("max_item_words"))
@@ -74,8 +78,6 @@ def read_splits(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
     manifest = {"teacher_id": f"{cfg.teacher.name} (llama.cpp, {settings['gguf']})", "perspectives": ["decision"],
                 "label_names": list(JUDGE_ANSWERS), "vector_dim": 0, "dataset_fingerprint": "readings",
                 "extra": settings}
-    from lrkd.teacher.runtime.llama_cpp import gguf_embedding_dim
-
     manifest["vector_dim"] = gguf_embedding_dim(gguf)
     runtime = {k: int(v) for k, v in plain(cfg.teacher.llama_cpp).items()}
     return score_pairs(prompts, gguf=gguf, runtime=runtime, reads_dir=reads_folder(cfg),
@@ -100,10 +102,6 @@ def rationale_rows(cfg: DictConfig, dm) -> np.ndarray:
 def write_rationales(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
     """Step 1b: multi-perspective rationales (:class:`lrkd.teacher.label.score_pool.RationaleReader`) for
     :func:`rationale_rows`, into ``<reads>/rationales/`` (resumable like the readings)."""
-    from lrkd.teacher.runtime.llama_cpp import gguf_embedding_dim
-    from lrkd.teacher.prompts import perspectives_from_config
-    from lrkd.teacher.label.score_pool import RationaleReader, prompts_for_rows, score_pairs
-
     rows = rationale_rows(cfg, dm)
     if not len(rows):
         return {"written": 0, "seconds": 0.0}
@@ -127,8 +125,6 @@ def write_rationales(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
 
 
 def run(cfg: DictConfig) -> dict:
-    from lrkd.teacher.model import llama_cpp_source
-
     started = time.time()
     if str(cfg.teacher.get("runtime", "transformers")) != "llama_cpp":
         raise ValueError(f"stage=teacher_score runs a llama.cpp teacher (teacher.runtime=llama_cpp, e.g. "
@@ -153,12 +149,6 @@ def run(cfg: DictConfig) -> dict:
 def teacher_metrics(probs: np.ndarray, frame, rows: np.ndarray, label_set, n_bins: int) -> dict:
     """macro-F1, QWK, AUC, nDCG@10, accuracy (:class:`lrkd.evaluation.metrics.RelevanceMetrics`) and ECE of
     soft labels ``probs`` [n, C] on the labelled dataset ``rows``."""
-    import pandas as pd
-    import torch
-
-    from lrkd.evaluation.metrics import RelevanceMetrics
-    from lrkd.teacher.label.calibration import expected_calibration_error
-
     labels = frame["label"].to_numpy()[rows]
     metrics = RelevanceMetrics(label_set, prefix="")
     metrics.update(torch.as_tensor(probs, dtype=torch.float32), torch.as_tensor(labels, dtype=torch.long),
@@ -172,15 +162,6 @@ def teacher_metrics(probs: np.ndarray, frame, rows: np.ndarray, label_set, n_bin
 
 def finalize(cfg: DictConfig, dm, started: float, reading: dict) -> dict:
     """Step 2 (see the module docstring); returns the stage metrics."""
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    from lrkd.artefact import ArtefactWriter
-    from lrkd.teacher.label.calibration import OrdinalCalibration, judgement_score, raw_grade_probs
-    from lrkd.teacher.prompts import perspectives_from_config
-    from lrkd.teacher.label.score_pool import iter_reads
-
     reads = iter_reads(reads_folder(cfg))
     written = iter_reads(reads_folder(cfg) / "rationales")
     texts = {}
@@ -240,9 +221,7 @@ def finalize(cfg: DictConfig, dm, started: float, reading: dict) -> dict:
         decision = (decision - mean) @ components
         metrics["latent_pca"] = {"dim": int(components.shape[1]), "explained_variance": explained}
     out = stage_folder(cfg, ARTEFACT_FOLDER)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:  # the stage is recorded in tmp, renamed onto out when finished
+    with atomic_path(out, directory=True) as tmp:  # the stage is recorded in tmp, renamed onto out when finished
         run = StageRun(cfg, STAGE, tmp, {"calibration": metrics["calibration"], "pool": len(pool),
                                          "latent_dim": latent_dim, "teacher": str(cfg.teacher.name)}, [dm.fingerprint])
         run.started, fingerprint = started, run.fingerprint
@@ -266,12 +245,6 @@ def finalize(cfg: DictConfig, dm, started: float, reading: dict) -> dict:
         metrics["artefact_pairs"] = int(len(pool))
         metrics["rationale_pairs"] = int(sum(keys[r] in texts for r in pool))
         run.record(metrics)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     log.info("teacher_score: artefact of %d pairs in %s; teacher on test: %s", len(pool), out,
              metrics.get("test/calibrated"))
     return {**metrics, "artefact": str(out), "reused": False}

