@@ -1,6 +1,6 @@
 """Where a model named in config comes from (a packaged offline copy, a local path, or a hub id),
 and the Hugging Face encoders lrkd builds from one: :func:`load_encoder`, :func:`load_tokenizer`,
-:func:`masked_mean` / :func:`pool` of their token states. The student's encoder, the data pool's
+:func:`mean_over_tokens` / :func:`pool` of their token states. The student's encoder, the data pool's
 MiniLM retriever and the teacher's sentence embedder all use these (none imports another's package).
 
 Models that ship inside PyPI wheels are used offline when their hub id is named, so configs can
@@ -115,15 +115,16 @@ def pool(hidden: Tensor, attention_mask: Tensor, mode: str = "mean") -> Tensor:
     no such position gives zeros); "cls": the state at position 0 (``[CLS]``).
     """
     if mode == "mean":
-        return masked_mean(hidden, attention_mask)
+        return mean_over_tokens(hidden, attention_mask)
     if mode == "cls":
         check_token_states(hidden, attention_mask)
         return hidden[:, 0]
     raise ValueError(f"unknown pooling mode {mode!r}; expected 'mean' or 'cls' (or the student's 'match')")
 
 
-def masked_mean(hidden: Tensor, attention_mask: Tensor) -> Tensor:
-    """Mean of ``hidden`` [B, L, H] over positions with ``attention_mask`` [B, L] != 0 -> [B, H]."""
+def mean_over_tokens(hidden: Tensor, attention_mask: Tensor) -> Tensor:
+    """Mean of ``hidden`` [B, L, H] over positions with ``attention_mask`` [B, L] != 0 -> [B, H]
+    (token pooling; a loss averages its rows with :func:`lrkd.losses.compose.mean_over_rows`)."""
     check_token_states(hidden, attention_mask)
     mask = attention_mask.to(hidden.dtype).unsqueeze(-1)               # [B, L, 1]
     total = (hidden * mask).sum(dim=1)                                 # [B, H]
@@ -193,5 +194,5 @@ def _drop_pooler(model: nn.Module) -> None:
         model.pooler = None
 
 
-__all__ = ["resolve_model_path", "load_encoder", "load_tokenizer", "pool", "masked_mean", "check_token_states",
+__all__ = ["resolve_model_path", "load_encoder", "load_tokenizer", "pool", "mean_over_tokens", "check_token_states",
            "PACKAGED_MODELS"]

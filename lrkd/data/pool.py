@@ -44,7 +44,7 @@ from transformers import AutoTokenizer
 from lrkd.data.encode import item_texts
 from lrkd.schema import UNLABELLED, DataError, text_fields
 from lrkd.data.sources import text_column, item_id_for, read_table
-from lrkd.encoders import load_encoder, masked_mean, resolve_model_path
+from lrkd.encoders import load_encoder, mean_over_tokens, resolve_model_path
 from lrkd.utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def embed_texts(texts: Sequence[str], model, tokenizer, device: str = "cpu", bat
             enc = tokenizer([texts[r] for r in rows], padding=True, truncation=True, max_length=max_length,
                             return_tensors="pt").to(device)
             hidden = model(**enc).last_hidden_state
-            vectors = torch.nn.functional.normalize(masked_mean(hidden, enc["attention_mask"]).float(), dim=-1)
+            vectors = torch.nn.functional.normalize(mean_over_tokens(hidden, enc["attention_mask"]).float(), dim=-1)
             out[rows] = vectors.cpu().numpy()
     return out
 
