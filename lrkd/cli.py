@@ -8,6 +8,9 @@
 
 ``lrkd <command> --help`` tells a command's options. Exit status: 0 done, 2 bad input (the
 message names the file, row and column), 1 another error.
+
+Each command imports what it runs inside its function: ``lrkd report`` needs no torch, ``lrkd
+train`` no ONNX Runtime, and ``lrkd --help`` nothing.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ import runpy
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
+
+from omegaconf import OmegaConf
 
 from lrkd.run.resolvers import ROOT_DIR
 from lrkd.schema import DataError
@@ -134,7 +139,8 @@ def export(argv: Sequence[str]) -> int:
     _logging()
     from lrkd.serve.export import export_onnx, int8_path, quantize_int8
     from lrkd.serve.hf import save_student_pretrained
-    from lrkd.serve.scorers import load_served
+    from lrkd.serve.quality import format_quality, quality_cost
+    from lrkd.serve.scorers import OnnxScorer, TorchScorer, load_served
 
     try:
         student, config = load_served(args.checkpoint, max_length=args.max_length)
@@ -149,9 +155,6 @@ def export(argv: Sequence[str]) -> int:
     if args.hf_dir:
         print(f"wrote {save_student_pretrained(student, args.hf_dir, serving=config)}")
     if args.measure_quality:
-        from lrkd.serve.quality import format_quality, quality_cost
-        from lrkd.serve.scorers import OnnxScorer, TorchScorer
-
         dm = eval_datamodule(args.data, config.tokenizer, config.max_length)
         if list(dm.label_set.names) != list(config.label_set.names):
             print(f"error: the student grades {list(config.label_set.names)}, data={args.data} "
@@ -169,8 +172,7 @@ def export(argv: Sequence[str]) -> int:
 def eval_datamodule(data: str, tokenizer: str, max_length: int, batch_size: int = 64):
     """The data module of ``conf/data/<data>.yaml`` (its split) with the given tokenizer and max
     length, set up for its test split (no teacher artefact)."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+    from hydra.utils import instantiate  # as the commands do: Hydra only when it builds something
 
     conf = ROOT_DIR / "conf"
     cfg = OmegaConf.create({"paths": OmegaConf.load(conf / "paths" / "default.yaml"),

@@ -18,9 +18,13 @@ Config resolvers (registered by :mod:`lrkd.run.resolvers`):
   stamp is the launcher's job id, the same on every rank.
 
 The annotation stage (no Lightning trainer) uses :func:`run_on_ranks` and :class:`Ranks`.
+
+``import lrkd`` imports this module (for the resolvers), and serving must not load Lightning: torch,
+Lightning, Hydra and DeepSpeed are imported inside the functions that use them.
 """
 from __future__ import annotations
 
+import csv
 import datetime as _dt
 import logging
 import os
@@ -28,6 +32,8 @@ import pickle
 from contextlib import contextmanager
 from dataclasses import fields, is_dataclass, replace
 from typing import Any, Callable, Iterator, Mapping
+
+from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +178,6 @@ def sync_loggers_after_spawned_fit(trainer) -> None:
     test's columns alone (Lightning raises). Reload the columns from the file's header."""
     if not ranks_ran_elsewhere(trainer):
         return
-    import csv
-
     for logger in trainer.loggers:
         writer = getattr(logger, "_experiment", None)
         path = getattr(writer, "metrics_file_path", None)
@@ -322,8 +326,6 @@ def run_on_ranks(cfg, function: Callable) -> Any:
     trainer_cfg = cfg.get("trainer") or {}
     if requested_processes(trainer_cfg) <= 1:
         return function(cfg)
-    from omegaconf import OmegaConf
-
     plain_trainer = OmegaConf.to_container(trainer_cfg, resolve=True) if OmegaConf.is_config(trainer_cfg) \
         else dict(trainer_cfg)
     fabric = _fabric_for(plain_trainer)

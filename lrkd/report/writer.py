@@ -78,12 +78,19 @@ def to_markdown(report, sources: Sequence[str | Path] = (), plots: Sequence[str]
     return "\n".join(parts).rstrip() + "\n"
 
 
-def plot_metric(report, metric: str, path: Path) -> Path:
-    """Bar chart of ``metric``'s mean per group, error bars = std (none for n=1)."""
+def _pyplot():
+    """``matplotlib.pyplot`` on the Agg backend; matplotlib is imported only to plot (its import is slow)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_metric(report, metric: str, path: Path) -> Path:
+    """Bar chart of ``metric``'s mean per group, error bars = std (none for n=1)."""
+    plt = _pyplot()
 
     t = report.table
     labels = [group_label(r, report.group_by, sep="\n") for _, r in t.iterrows()]
@@ -107,11 +114,7 @@ def plot_quality_vs_latency(report, metric: str, path: Path) -> Path | None:
     t = report.table
     if LATENCY_FIELD not in t or t[LATENCY_FIELD].isna().all():
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     t = t[t[LATENCY_FIELD].notna()]
     fig, ax = plt.subplots(figsize=(5.5, 4.0))
     ax.errorbar(t[LATENCY_FIELD], t[f"{metric} mean"], yerr=t[f"{metric} std"].fillna(0.0), fmt="o", capsize=4)

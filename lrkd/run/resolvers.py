@@ -6,6 +6,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from lrkd.lightning.distributed import ddp_strategy, run_stamp
+
 ROOT_DIR = Path(__file__).resolve().parents[2]  # lrkd/run/resolvers.py -> the repository
 
 
@@ -23,11 +25,7 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("lrkd_wandb_offline"):
         OmegaConf.register_new_resolver("lrkd_wandb_offline", wandb_offline)
     if not OmegaConf.has_resolver("lrkd_ddp_strategy"):
-        from lrkd.lightning.distributed import ddp_strategy
-
         OmegaConf.register_new_resolver("lrkd_ddp_strategy", ddp_strategy)
     if not OmegaConf.has_resolver("lrkd_run_stamp"):
-        from lrkd.lightning.distributed import run_stamp
-
         # cached like Hydra's ${now:}: every use in one config is the same stamp
         OmegaConf.register_new_resolver("lrkd_run_stamp", run_stamp, use_cache=True)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
 
 from lrkd.search.latency_table import Architecture
 from lrkd.search.sampler import loo_rank_correlation
@@ -53,8 +55,6 @@ def choose(frame: pd.DataFrame, tolerance: float, maximize: bool = True) -> pd.S
 
 
 def trials_frame(search, study, sampler=None) -> pd.DataFrame:
-    from optuna.trial import TrialState
-
     rows = []
     predictions = getattr(sampler, "predictions", {}) or {}
     for t in study.get_trials(deepcopy=False):
@@ -69,7 +69,7 @@ def trials_frame(search, study, sampler=None) -> pd.DataFrame:
 
 
 def plot_pareto(frame: pd.DataFrame, front: pd.DataFrame, path: Path, budget_ms: float | None, title: str) -> None:
-    import matplotlib
+    import matplotlib  # optional (no pareto.png without it), and slow to import: only to plot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -108,8 +108,6 @@ def save_chosen(job_dir: Path, out: Path) -> Path | None:
 
 def write_report(search, study, sweep_dir: Path, sampler=None) -> dict:
     """Write the files of the module docstring; returns the summary (also in chosen.json)."""
-    from optuna.study import StudyDirection
-
     sweep_dir.mkdir(parents=True, exist_ok=True)
     frame = trials_frame(search, study, sampler)
     archs = {a.name for a in search.archs}

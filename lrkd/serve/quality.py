@@ -4,7 +4,7 @@ export, the int8 one, ...) scored side by side on the same labelled batches of a
 split by default). A scorer is anything with the :class:`lrkd.serve.scorers.Scorer` call."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -13,12 +13,10 @@ from tqdm.auto import tqdm
 from lrkd.data.batch import INPUT_KEYS
 from lrkd.evaluation.metrics import RelevanceMetrics
 from lrkd.schema import LabelSet
-
-if TYPE_CHECKING:
-    from lrkd.serve.scorers import Scorer
+from lrkd.serve.scorers import Scorer
 
 
-def quality_cost(scorers: Mapping[str, "Scorer"], batches: Iterable[Mapping[str, Any]], label_set: LabelSet, *,
+def quality_cost(scorers: Mapping[str, Scorer], batches: Iterable[Mapping[str, Any]], label_set: LabelSet, *,
                  has_relevance: bool = True, progress: bool = True) -> dict:
     """Quality of each scorer on ``batches`` (dicts of tensors: the model inputs ``INPUT_KEYS`` [B, L],
     ``labels`` [B], ``query_index`` [B], ``relevance`` [B]; a data module's test loader), and how far

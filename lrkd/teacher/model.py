@@ -269,7 +269,7 @@ def _model_from_config(cfg: Mapping, tokenizer, dtype: torch.dtype):
 
 def apply_lora(model, lora: Mapping):
     """Wrap ``model`` with a peft LoRA adapter: ``lora`` = {r, alpha, dropout, target_modules}."""
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import LoraConfig, TaskType, get_peft_model  # the teacher extra, for LoRA only
 
     lora = dict(lora)
     unknown = set(lora) - {"r", "alpha", "dropout", "target_modules"}

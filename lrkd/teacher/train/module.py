@@ -98,7 +98,7 @@ def _merged_teacher(cfg: dict, model_dir: str | os.PathLike | None):
     model, tokenizer = _merged_teacher(cfg, parent)
     if record["kind"] == "alias":
         return model, tokenizer
-    from peft import PeftModel
+    from peft import PeftModel  # the teacher extra, for LoRA only
 
     return PeftModel.from_pretrained(model, str(model_dir)).merge_and_unload(), tokenizer
 
