@@ -10,7 +10,7 @@ per item and the schema's item columns: ``item_title``, ``item_id`` (the dataset
 so that judged items are recognised; when absent it is derived from the title as
 :func:`lrkd.data.sources.item_id_for` does for a table without item ids) and the dataset's text
 field columns under their schema names. Items are shown to the retriever, and later to the models,
-as :func:`lrkd.data.tokenize.item_text` renders them.
+as :func:`lrkd.data.encode.item_text` renders them.
 
 Retrievers:
 
