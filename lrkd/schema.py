@@ -162,3 +162,7 @@ def dataset_fingerprint(df) -> str:
             values = [str(v) for v in values]
         h.update(json.dumps(values, ensure_ascii=False).encode("utf-8"))
     return h.hexdigest()
+
+
+__all__ = ["UNLABELLED", "REQUIRED_COLUMNS", "DataError", "LabelSet", "DataSpec", "text_fields",
+           "dataset_fingerprint"]

@@ -44,3 +44,6 @@ class RNGStateCheckpoint(L.Callback):
         np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
         p = states["python"]
         random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+__all__ = ["RNGStateCheckpoint"]

@@ -37,3 +37,7 @@ def uses_distributed_sampler(trainer) -> bool:
 
 __all__ = ["batches_done_this_epoch", "uses_distributed_sampler", "UnrepeatedDistributedSampler",
            "MultiProcessingLauncher"]
+
+
+__all__ = ["batches_done_this_epoch", "uses_distributed_sampler", "UnrepeatedDistributedSampler",
+           "MultiProcessingLauncher"]

@@ -76,5 +76,8 @@ def main(argv: list[str] | None = None, prog: str = "lrkd zero-to-fp32") -> int:
     return 0
 
 
+__all__ = ["convert", "is_zero_checkpoint", "default_output", "main", "DEEPSPEED_KEYS"]
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -336,3 +336,8 @@ def run_on_ranks(cfg, function: Callable) -> Any:
     log.info("running on %d ranks (%s, %s)", fabric.world_size, type(fabric.strategy).__name__,
              plain_trainer.get("accelerator"))
     return fabric.launch(_rank_main, function, pickle.dumps(resolved))
+
+
+__all__ = ["ddp_strategy", "run_stamp", "env_world_size", "launched_externally", "shared_run_id", "strategy_name",
+           "requested_processes", "ranks_ran_elsewhere", "best_model_score", "fitted_global_step",
+           "sync_loggers_after_spawned_fit", "is_zero3", "full_parameters", "is_rank_zero", "Ranks", "run_on_ranks"]

@@ -329,5 +329,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "lrkd report") -> int:
     return 0
 
 
+__all__ = ["Job", "Report", "load_job", "find_jobs", "swept_keys", "build_report", "main", "DEFAULT_METRICS",
+           "DEFAULT_LATENCY_FILE"]
+
+
 if __name__ == "__main__":
     sys.exit(main())

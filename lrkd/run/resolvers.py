@@ -29,3 +29,6 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("lrkd_run_stamp"):
         # cached like Hydra's ${now:}: every use in one config is the same stamp
         OmegaConf.register_new_resolver("lrkd_run_stamp", run_stamp, use_cache=True)
+
+
+__all__ = ["ROOT_DIR", "register_resolvers", "wandb_offline"]

@@ -347,3 +347,10 @@ def load_teacher(cfg) -> tuple[Any, Any]:
         model = apply_lora(model, cfg["lora"])
     model.eval()
     return model, tokenizer
+
+
+__all__ = ["load_teacher", "load_teacher_tokenizer", "inference_model", "apply_lora", "torch_dtype",
+           "checkpoint_path", "llama_cpp_source", "gguf_source", "convert_gguf", "converted_dir",
+           "load_gguf_tokenizer", "packaged_gguf_path", "assemble_chunked_gguf", "save_pretrained_atomically",
+           "ChunkedGGUF", "PACKAGED_GGUF", "PACKAGED_GGUF_CHUNKS", "ASSEMBLED_GGUF", "ASSEMBLED_RECORD",
+           "CONVERTED_MARKER", "DEFAULTS"]

@@ -172,3 +172,10 @@ def format_multi_completion(rationales: Mapping[str, str], perspectives: Sequenc
     lines = [f"{p.title}: {one_line(rationales[p.name])}" for p in perspectives]
     lines.append(f"{LABEL_PREFIX} {label}")
     return "\n".join(lines)
+
+
+__all__ = ["Perspective", "perspectives_from_config", "LABEL_PREFIX", "TASK_INTRO", "JUDGE_INSTRUCTION",
+           "JUDGE_PREFIX", "JUDGE_ANSWERS", "clip_words", "one_line", "perspective_message", "multi_message",
+           "judge_message", "render_message", "render_perspective_prompt", "render_multi_prompt",
+           "render_judge_prompt", "has_chat_template", "prompt_add_special_tokens", "format_single_completion",
+           "format_multi_completion"]
