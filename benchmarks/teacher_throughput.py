@@ -8,9 +8,9 @@ timed), in rounds so that drift of the machine hits every row alike:
 
 - generation: greedy MPCoT generation (``--new-tokens``) after the annotation prompt of
   ``--prompts`` chorus_icecat train pairs. ``sequential``: today's path, ``threads`` worker processes
-  of one thread, each one sequence at a time (:class:`lrkd.teacher.llama_cpp.LlamaCppRuntime`);
+  of one thread, each one sequence at a time (:class:`lrkd.teacher.runtime.llama_cpp.LlamaCppRuntime`);
   ``batched``: one process of ``threads`` threads with N sequences in one context
-  (:class:`lrkd.teacher.batched.BatchedDecoder`). Figure: generated tokens per second of wall time.
+  (:class:`lrkd.teacher.runtime.batched.BatchedDecoder`). Figure: generated tokens per second of wall time.
 - reading: the judgement reading of ``stage=teacher_score`` of ``--read-pairs`` pairs, sequential
   workers against batched workers. Figure: pairs per hour.
 
@@ -56,7 +56,8 @@ def _prompts(args):
     from lrkd.stages.teacher_common import load_pairs
     from lrkd.teacher.model import llama_cpp_source
     from lrkd.teacher.prompts import JUDGE_ANSWERS, JUDGE_PREFIX, perspectives_from_config
-    from lrkd.teacher.score_pool import answer_token_ids, prompts_for_rows
+    from lrkd.teacher.label.readers import prompts_for_rows
+    from lrkd.teacher.tokens import answer_token_ids
 
     overrides = ["teacher=qwen2.5-coder-1.5b", "stage=teacher_score", "data.annotations=null"]
     if args.gguf:
@@ -77,10 +78,10 @@ def _prompts(args):
 def _worker(task) -> dict:
     """One process's share of a row: returns {tokens|pairs, seconds} timed after the model loads."""
     kind, gguf, engine, threads, n_seq, prompts, extra, barrier = task
-    from lrkd.teacher.batched import BatchedDecoder, Feed, Prefix, context_cells, generation
-    from lrkd.teacher.engines import open_engine
-    from lrkd.teacher.llama_cpp import LlamaCppRuntime
-    from lrkd.teacher.score_pool import JudgementReader, SequenceLimits
+    from lrkd.teacher.runtime.batched import BatchedDecoder, Feed, Prefix, context_cells, generation
+    from lrkd.teacher.runtime.engines import open_engine
+    from lrkd.teacher.runtime.llama_cpp import LlamaCppRuntime
+    from lrkd.teacher.label.readers import JudgementReader, SequenceLimits
 
     new_tokens = extra.get("new_tokens", 64)
     if n_seq == 0:  # one sequence at a time
@@ -149,7 +150,7 @@ def cpu_flags() -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from lrkd.teacher.engines import engine_available
+    from lrkd.teacher.runtime.engines import engine_available
 
     gguf, multi, judge, prefix, answers = _prompts(args)
     engines = [e for e in args.engines if engine_available(e)]

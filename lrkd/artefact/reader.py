@@ -18,7 +18,7 @@ from safetensors.numpy import load_file
 
 from lrkd.artefact.manifest import (LATENTS_KEY, SCORE_PREFIX, ArtefactError, ArtefactManifest, ArtefactWarning, rationale_column,
                                     read_manifest)
-from lrkd.data.schema import dataset_fingerprint as compute_fingerprint
+from lrkd.schema import dataset_fingerprint as compute_fingerprint
 
 
 def _read_shard_table(root: Path, name: str, columns: list[str] | None = None) -> pa.Table:

@@ -4,7 +4,6 @@ shards it finished. One writer per directory at a time."""
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,21 +19,7 @@ from lrkd.artefact.manifest import (_FP16_MAX, _SHARD_NAME, _TEMP_SUFFIX, LATENT
                                     ArtefactWarning, json_record, rationale_column, read_manifest, shard_name,
                                     write_manifest)
 from lrkd.artefact.reader import read_shard_keys
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _temp_path(root: Path, stem: str, suffix: str) -> Path:
-    """A fresh temp file name next to its final name (same filesystem, so os.replace is atomic)."""
-    fd, name = tempfile.mkstemp(dir=root, prefix=f".{stem}.", suffix=suffix + _TEMP_SUFFIX)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(name, 0o666 & ~umask)  # mkstemp makes it private; the artefact's files are ordinary files
-    return Path(name)
+from lrkd.utils import atomic_path
 
 
 class ArtefactWriter:
@@ -165,19 +150,13 @@ class ArtefactWriter:
                                     path=where, column=f"{SCORE_PREFIX}{key}")
             columns[f"{SCORE_PREFIX}{key}"] = pa.array(values, pa.float32())
         table = pa.table(columns)
-        parquet_tmp = _temp_path(self.root, name, ".parquet")
-        vectors_tmp = _temp_path(self.root, name, ".safetensors")
-        try:
+        # each file atomically; the shard counts once the manifest lists it (a killed writer's temp
+        # files are removed on resume)
+        with atomic_path(self.root / f"{name}.parquet", fsync=True) as parquet_tmp, \
+                atomic_path(self.root / f"{name}.safetensors", fsync=True) as vectors_tmp:
             pq.write_table(table, parquet_tmp, compression="zstd")
             save_file({LATENTS_KEY: vectors}, str(vectors_tmp),
                       metadata={"lrkd_schema_version": str(SCHEMA_VERSION), "num_rows": str(n)})
-            _fsync(parquet_tmp)
-            _fsync(vectors_tmp)
-            os.replace(parquet_tmp, self.root / f"{name}.parquet")
-            os.replace(vectors_tmp, self.root / f"{name}.safetensors")
-        finally:
-            parquet_tmp.unlink(missing_ok=True)
-            vectors_tmp.unlink(missing_ok=True)
         m.shards = sorted([*m.shards, name])
         m.num_rows += n
         m.complete = False

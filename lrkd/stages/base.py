@@ -36,7 +36,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig
 
-from lrkd.distributed import is_rank_zero
+from lrkd.lightning.distributed import is_rank_zero
 from lrkd.utils import plain, write_json_atomic
 
 log = logging.getLogger(__name__)

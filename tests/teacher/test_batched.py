@@ -1,4 +1,4 @@
-"""Many sequences in one llama.cpp context (lrkd.teacher.batched) on the real SmolLM2 GGUF file:
+"""Many sequences in one llama.cpp context (lrkd.teacher.runtime.batched) on the real SmolLM2 GGUF file:
 
 - with one sequence per decode (mix=False) every token, probability and hidden state equals the
   one-sequence runtime's bit for bit: the prefix sharing, the rewinds, the positions and the slot
@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pytest
 
-from lrkd.teacher.engines import engine_available
+from lrkd.teacher.runtime.engines import engine_available
 from tests.teacher.test_llama_cpp import SMOL, _ids, _prompts, needs_gguf
 
 pytest.importorskip("cyllama", reason="the llamacpp extra is not installed")
@@ -47,8 +47,8 @@ def model_file(tmp_path_factory):
 
 
 def _decoder(engine_name, n_slots, mix=True, path=SMOL):
-    from lrkd.teacher.batched import BatchedDecoder, context_cells
-    from lrkd.teacher.engines import open_engine
+    from lrkd.teacher.runtime.batched import BatchedDecoder, context_cells
+    from lrkd.teacher.runtime.engines import open_engine
 
     engine = open_engine(path, engine_name, n_ctx=context_cells(n_slots, 512, 2, 256), n_threads=1, n_batch=512,
                          n_seq=n_slots + 2)
@@ -58,8 +58,8 @@ def _decoder(engine_name, n_slots, mix=True, path=SMOL):
 def _programs(prompts, prefix, answers, engine, new_tokens=16):
     """Per prompt: a greedy generation (3-gram block), a rewind to the pair's end, then the judgement
     reading -- the shape of the rationale reader's program."""
-    from lrkd.teacher.batched import Feed, Prefix, Rewind, generation
-    from lrkd.teacher.score_pool import softmax
+    from lrkd.teacher.runtime.batched import Feed, Prefix, Rewind, generation
+    from lrkd.teacher.label.readers import softmax
 
     def program(p):
         yield Prefix(tuple(p.shared))
@@ -73,8 +73,8 @@ def _programs(prompts, prefix, answers, engine, new_tokens=16):
 
 
 def _sequential(prompts, prefix, answers, engine_name, new_tokens=16, path=SMOL):
-    from lrkd.teacher.llama_cpp import LlamaCppRuntime
-    from lrkd.teacher.score_pool import read_pair
+    from lrkd.teacher.runtime.llama_cpp import LlamaCppRuntime
+    from lrkd.teacher.label.readers import read_pair
 
     runtime = LlamaCppRuntime(path, n_ctx=512, n_threads=1, engine=engine_name)
     try:
@@ -133,7 +133,7 @@ def test_mixed_batches_give_the_same_greedy_tokens_and_close_readings(tokenizer,
 
 @needs_gguf
 def test_rewinds_and_prefixes_are_checked(tokenizer):
-    from lrkd.teacher.batched import BatchedDecoder, Feed, Prefix, Rewind
+    from lrkd.teacher.runtime.batched import BatchedDecoder, Feed, Prefix, Rewind
 
     decoder = _decoder("cyllama", n_slots=2)
     p = _prompts(tokenizer, 1)[0]
@@ -163,8 +163,8 @@ def test_llama_cpp_reading_agrees_with_transformers_on_the_same_gguf(tokenizer):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lrkd.teacher.llama_cpp import LlamaCppRuntime
-    from lrkd.teacher.score_pool import read_pair
+    from lrkd.teacher.runtime.llama_cpp import LlamaCppRuntime
+    from lrkd.teacher.label.readers import read_pair
 
     prompts = _prompts(tokenizer, 3)
     prefix, answers = _ids(tokenizer)
@@ -192,7 +192,8 @@ def test_llama_cpp_reading_agrees_with_transformers_on_the_same_gguf(tokenizer):
 
 @needs_gguf
 def test_batched_scoring_reads_what_sequential_scoring_reads(tokenizer, tmp_path):
-    from lrkd.teacher.score_pool import JudgementReader, iter_reads, score_pairs
+    from lrkd.teacher.label.readers import JudgementReader
+    from lrkd.teacher.label.score_pool import iter_reads, score_pairs
 
     prompts = _prompts(tokenizer, 10)
     prefix, answers = _ids(tokenizer)
@@ -214,7 +215,7 @@ def test_batched_scoring_reads_what_sequential_scoring_reads(tokenizer, tmp_path
 
 @pytest.mark.skipif(not engine_available("ik_llama"), reason="the ik_llama extra is not installed")
 def test_ik_llama_refuses_the_file_type_it_computes_wrongly():
-    from lrkd.teacher.engines import open_engine
+    from lrkd.teacher.runtime.engines import open_engine
 
     with pytest.raises(ValueError, match="Q4_1.*engine=cyllama"):
         open_engine(SMOL, "ik_llama", n_ctx=256, n_threads=1, n_batch=64, n_seq=1)
@@ -222,7 +223,7 @@ def test_ik_llama_refuses_the_file_type_it_computes_wrongly():
 
 def test_reading_parts_made_with_other_settings_stop_the_run_and_stay(tmp_path):
     from lrkd.artefact import ArtefactWriter
-    from lrkd.teacher.score_pool import check_parts
+    from lrkd.teacher.label.score_pool import check_parts
 
     extra = {"prompt": "a", "execution": {"engine": "cyllama", "n_seq": 1}}
     writer = ArtefactWriter(tmp_path / "worker-000", teacher_id="t", perspectives=["decision"],
