@@ -43,8 +43,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lrkd.config import ROOT_DIR  # noqa: E402
-from lrkd.data.schema import DataSpec, LabelSet  # noqa: E402
+from lrkd.run.resolvers import ROOT_DIR  # noqa: E402
+from lrkd.schema import DataSpec, LabelSet  # noqa: E402
 # the interleaved timing lives in the package (the architecture search's latency table uses it too)
 from lrkd.serve.latency import EagerRunner, OnnxRunner, summarise, synthetic_inputs, time_interleaved  # noqa: E402,F401
 

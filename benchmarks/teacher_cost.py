@@ -50,10 +50,11 @@ def main(argv=None) -> dict:
     import lrkd  # noqa: F401
     from lrkd.stages.teacher_common import load_pairs
     from lrkd.student.module import StudentModule
-    from lrkd.teacher.llama_cpp import LlamaCppRuntime
+    from lrkd.teacher.runtime.llama_cpp import LlamaCppRuntime
     from lrkd.teacher.model import llama_cpp_source
     from lrkd.teacher.prompts import JUDGE_ANSWERS, JUDGE_PREFIX, perspectives_from_config
-    from lrkd.teacher.score_pool import answer_token_ids, prompts_for_rows, read_pair, split_prompt
+    from lrkd.teacher.label.readers import prompts_for_rows, read_pair, split_prompt
+    from lrkd.teacher.tokens import answer_token_ids
 
     torch.set_num_threads(1)
     overrides = ["teacher=qwen2.5-coder-1.5b", "stage=teacher_score", "extractor=none", "loss=ce",
@@ -67,7 +68,7 @@ def main(argv=None) -> dict:
     rows = np.random.default_rng(0).permutation(dm.splits["test"])[:max(args.pairs, args.rationale_pairs)]
     prompts = prompts_for_rows(tokenizer, dm.frame, rows, cfg.stage.max_item_words)
     prefix, answers = answer_token_ids(tokenizer, JUDGE_PREFIX, JUDGE_ANSWERS)
-    from lrkd.teacher.annotate import pair_prompts
+    from lrkd.teacher.label.annotate import pair_prompts
 
     perspectives = perspectives_from_config(cfg.perspective)
     multi = [split_prompt(tokenizer, t) for t in pair_prompts(tokenizer, dm.frame, rows[:args.rationale_pairs],

@@ -6,7 +6,7 @@
 The teacher is the one ``teacher=qwen2.5-coder-1.5b teacher.runtime=transformers`` trains: the GGUF
 file dequantized into a float32 transformers model (converted once into the cache), a fresh LoRA
 adapter (``--lora-r`` on q_proj and v_proj), the real training steps of
-:class:`lrkd.teacher.module.TeacherSFTModule` and :class:`~lrkd.teacher.module.TeacherDPOModule`
+:class:`lrkd.teacher.train.module.TeacherSFTModule` and :class:`~lrkd.teacher.train.module.TeacherDPOModule`
 (forward, backward, AdamW step) on one example at a time. An example is the MPCoT prompt of a
 chorus_icecat train pair and a completion of ``--completion-tokens`` tokens (three short rationales
 and the grade: what ``stage=teacher_sft`` trains on); a DPO example is a chosen and a rejected
@@ -54,9 +54,9 @@ def main(argv=None) -> dict:
 
     import lrkd  # noqa: F401
     from lrkd.stages.teacher_common import load_pairs
-    from lrkd.teacher.annotate import pair_prompts
-    from lrkd.teacher.examples import left_pad
-    from lrkd.teacher.module import TeacherDPOModule, TeacherSFTModule
+    from lrkd.teacher.label.annotate import pair_prompts
+    from lrkd.teacher.train.examples import left_pad
+    from lrkd.teacher.train.module import TeacherDPOModule, TeacherSFTModule
     from lrkd.teacher.prompts import perspectives_from_config
 
     torch.set_num_threads(args.threads)

@@ -8,19 +8,25 @@
 
 ``lrkd <command> --help`` tells a command's options. Exit status: 0 done, 2 bad input (the
 message names the file, row and column), 1 another error.
+
+Each command imports what it runs inside its function: ``lrkd report`` needs no torch, ``lrkd
+train`` no ONNX Runtime, and ``lrkd --help`` nothing.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import logging
 import runpy
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from lrkd.data.schema import DataError
+from omegaconf import OmegaConf
+
+from lrkd.run.resolvers import ROOT_DIR
+from lrkd.schema import DataError
+from lrkd.utils import write_json_atomic
 
 COMMANDS = {
     "train": "train a stage: Hydra overrides, as `python train.py` takes them (conf/train.yaml)",
@@ -117,8 +123,10 @@ def export_parser(prog: str = "lrkd export") -> argparse.ArgumentParser:
     p.add_argument("--per-tensor", action="store_true",
                    help="int8 with one weight scale per tensor (default: per output channel, more accurate)")
     p.add_argument("--measure-quality", action="store_true",
-                   help="compare eager, fp32 and int8 on chorus_icecat's test split (implies --int8); "
+                   help="compare eager, fp32 and int8 on the test split of --data (implies --int8); "
                         "writes <output>.quality.json")
+    p.add_argument("--data", default="chorus_icecat",
+                   help="the conf/data option whose test split --measure-quality scores (default chorus_icecat)")
     p.add_argument("--max-length", type=int, default=None,
                    help="recorded in the sidecar (default: from the checkpoint)")
     p.add_argument("--opset", type=int, default=17)
@@ -131,10 +139,11 @@ def export(argv: Sequence[str]) -> int:
     _logging()
     from lrkd.serve.export import export_onnx, int8_path, quantize_int8
     from lrkd.serve.hf import save_student_pretrained
-    from lrkd.serve.scorers import load_student
+    from lrkd.serve.quality import format_quality, quality_cost
+    from lrkd.serve.scorers import OnnxScorer, TorchScorer, load_served
 
     try:
-        student, config = load_student(args.checkpoint, max_length=args.max_length)
+        student, config = load_served(args.checkpoint, max_length=args.max_length)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -146,14 +155,35 @@ def export(argv: Sequence[str]) -> int:
     if args.hf_dir:
         print(f"wrote {save_student_pretrained(student, args.hf_dir, serving=config)}")
     if args.measure_quality:
-        from lrkd.evaluation.quality import format_quality, quality_cost  # reads chorus_icecat (Lightning data)
-
-        report = quality_cost(args.checkpoint, out, int8_path(out), max_length=args.max_length)
-        path = Path(out).with_suffix(".quality.json")
-        path.write_text(json.dumps(report, indent=2) + "\n")
+        dm = eval_datamodule(args.data, config.tokenizer, config.max_length)
+        if list(dm.label_set.names) != list(config.label_set.names):
+            print(f"error: the student grades {list(config.label_set.names)}, data={args.data} "
+                  f"{list(dm.label_set.names)}", file=sys.stderr)
+            return 2
+        scorers = {"eager": TorchScorer(student), "onnx_fp32": OnnxScorer(out), "onnx_int8": OnnxScorer(int8_path(out))}
+        report = {"data": args.data, "split": "test", "checkpoint": str(args.checkpoint),
+                  **quality_cost(scorers, dm.test_dataloader(), config.label_set)}
+        path = write_json_atomic(Path(out).with_suffix(".quality.json"), report)
         print(format_quality(report))
         print(f"wrote {path}")
     return 0
+
+
+def eval_datamodule(data: str, tokenizer: str, max_length: int, batch_size: int = 64):
+    """The data module of ``conf/data/<data>.yaml`` (its split) with the given tokenizer and max
+    length, set up for its test split (no teacher artefact)."""
+    from hydra.utils import instantiate  # as the commands do: Hydra only when it builds something
+
+    conf = ROOT_DIR / "conf"
+    cfg = OmegaConf.create({"paths": OmegaConf.load(conf / "paths" / "default.yaml"),
+                            "student": {"tokenizer": tokenizer},
+                            "perspectives": ["user_intent", "structured_analysis", "business_rules"],
+                            "data": OmegaConf.load(conf / "data" / f"{data}.yaml")})
+    cfg.data.max_length = int(max_length)
+    cfg.data.eval_batch_size = int(batch_size)
+    dm = instantiate(cfg.data, annotations=None, _recursive_=False)
+    dm.setup("test")
+    return dm
 
 
 # --------------------------------------------------------------------------- report, zero-to-fp32
@@ -164,7 +194,7 @@ def report(argv: Sequence[str]) -> int:
 
 
 def zero_to_fp32(argv: Sequence[str]) -> int:
-    from lrkd.zero_to_fp32 import main as zero_main
+    from lrkd.lightning.deepspeed import main as zero_main
 
     return zero_main(argv, prog="lrkd zero-to-fp32")
 

@@ -1,7 +1,7 @@
 """The Hydra application behind ``python train.py`` and ``lrkd train``: composes ``conf/train.yaml``,
 runs the selected stage, and returns the metric that ``hparams_search`` optimises
 (``optimized_metric``). In a multirun, a job that fails writes ``error.json`` into its job
-directory and returns None, and the sweep goes on (``lrkd.sweep``).
+directory and returns None, and the sweep goes on (``lrkd.run.jobs``).
 
 It runs as ``python train.py ...`` (the documented entry point), ``python -m lrkd.train ...`` or
 ``lrkd train ...``; DDP and DeepSpeed re-launch each rank the same way.
@@ -15,9 +15,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from lrkd.config import ROOT_DIR
+from lrkd.run.resolvers import ROOT_DIR
 from lrkd.stages import get_stage
-from lrkd.sweep import in_multirun, run_job_tolerantly
+from lrkd.run.jobs import in_multirun, run_job_tolerantly
 
 CONFIG_DIR = str(ROOT_DIR / "conf")
 log = logging.getLogger(__name__)

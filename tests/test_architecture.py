@@ -1,11 +1,15 @@
 """The dependency arrows of docs/ARCHITECTURE.md, checked on the source (every import, also those
-inside functions):
+inside functions). The layers, lowest first; a module imports only its own layer and the ones below:
 
-    stages -> (teacher | student) -> (losses, data, artefact, evaluation) -> nothing of theirs
+    1  schema utils run lightning encoders       the vocabulary, helpers, running jobs, Lightning glue
+    2  data artefact losses evaluation           (data -> artefact; evaluation imports only the schema)
+    3  student teacher                           (never each other)
+    4  stages serve search report                (stages never import stages; serve and search never Lightning)
+    5  cli train __main__                        the entry points
 
-data knows no model; losses know tensors; the student never imports the teacher (nor the teacher
-the student); serve never imports Lightning, and scoring loads without it; private Lightning names
-only in lrkd/compat.py; no import cycle; no module much over 400 lines.
+Further: losses know tensors; scoring loads without Lightning; private Lightning names only in
+lrkd/lightning/compat.py; no import cycle between modules nor between rooms; no module much over
+400 lines.
 """
 from __future__ import annotations
 
@@ -45,6 +49,35 @@ def _imports(path: Path) -> set[str]:
 
 IMPORTS = {name: _imports(path) for name, path in MODULES.items()}
 
+# LAYOUT.md's layers, lowest first: a room imports only its own layer and those below
+LAYERS = (
+    ("schema", "utils", "run", "lightning", "encoders"),
+    ("data", "artefact", "losses", "evaluation"),
+    ("student", "teacher"),
+    ("stages", "serve", "search", "report"),
+    ("cli", "train", "__main__"),
+)
+LAYER = {f"lrkd.{room}": n for n, rooms in enumerate(LAYERS, 1) for room in rooms}
+# the stages' shared modules: no stage of their own (lrkd.stages is the registry, get_stage)
+STAGE_HELPERS = ("lrkd.stages", "lrkd.stages.base", "lrkd.stages.teacher_common")
+
+
+def room(module: str) -> str:
+    """``lrkd.teacher.label.annotate`` -> ``lrkd.teacher``."""
+    return ".".join(module.split(".")[:2])
+
+
+def lrkd_modules(imported: set[str]) -> set[str]:
+    """The modules of lrkd that import names resolve to (``lrkd.losses.WeightedLoss`` -> ``lrkd.losses``);
+    the bare package ``lrkd`` (run by every import of it) is left out."""
+    out = set()
+    for name in imported:
+        while name not in MODULES and "." in name:
+            name = name.rsplit(".", 1)[0]
+        if name in MODULES and name != "lrkd":
+            out.add(name)
+    return out
+
 
 def _offending(package: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
     bad = {}
@@ -56,31 +89,84 @@ def _offending(package: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]
     return bad
 
 
-@pytest.mark.parametrize("package, forbidden", [
-    ("lrkd.data", ("lrkd.student", "lrkd.teacher", "lrkd.losses", "lrkd.serve", "lrkd.stages", "lrkd.evaluation")),
+def test_every_module_lives_in_a_room_of_a_layer():
+    loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
+    assert len(loose) <= 6, loose
+    assert sorted(n for n in MODULES if n != "lrkd" and room(n) not in LAYER) == []
+
+
+def test_no_arrow_climbs_a_layer():
+    climbing = {name: sorted(m for m in lrkd_modules(imported) if LAYER[room(m)] > LAYER[room(name)])
+                for name, imported in IMPORTS.items() if name != "lrkd"}
+    assert {k: v for k, v in climbing.items() if v} == {}
+
+
+@pytest.mark.parametrize("package, allowed", [
+    # evaluation imports no other layer: the vocabulary only
+    ("lrkd.evaluation", ("lrkd.evaluation", "lrkd.schema")),
     # losses read the batch contract only (its keys, UNLABELLED = -1), not the data pipeline
-    ("lrkd.losses", ("lrkd.data.datamodule", "lrkd.data.sources", "lrkd.data.tokenize", "lrkd.data.encode",
-                     "lrkd.data.io", "lrkd.data.pool", "lrkd.data.sampler", "lrkd.data.splits", "lrkd.student", "lrkd.teacher", "lrkd.serve", "lrkd.stages", "lrkd.artefact",
-                     "lrkd.evaluation", "lightning", "hydra", "transformers")),
-    ("lrkd.student", ("lrkd.teacher", "lrkd.stages", "lrkd.serve")),
-    ("lrkd.teacher", ("lrkd.student", "lrkd.stages", "lrkd.serve")),
-    ("lrkd.artefact.manifest", ("lrkd.student", "lrkd.teacher", "lrkd.stages", "lrkd.serve")),
-    ("lrkd.artefact.reader", ("lrkd.student", "lrkd.teacher", "lrkd.stages", "lrkd.serve")),
-    ("lrkd.artefact.writer", ("lrkd.student", "lrkd.teacher", "lrkd.stages", "lrkd.serve")),
-    ("lrkd.serve", ("lightning", "lrkd.stages", "lrkd.teacher", "lrkd.student.module", "lrkd.data.datamodule")),
+    ("lrkd.losses", ("lrkd.losses", "lrkd.schema", "lrkd.data.batch")),
+    # the rooms of layer 1 know no other part of lrkd (run's resolvers read the rank helpers)
+    ("lrkd.schema", ("lrkd.schema",)),
+    ("lrkd.utils", ("lrkd.utils",)),
+    ("lrkd.encoders", ("lrkd.encoders", "lrkd.utils")),
+    ("lrkd.lightning", ("lrkd.lightning", "lrkd.utils")),
+    ("lrkd.run", ("lrkd.run", "lrkd.lightning.distributed", "lrkd.utils")),
+])
+def test_rooms_that_import_only_the_vocabulary(package, allowed):
+    bad = {name: sorted(m for m in lrkd_modules(imported) if not any(m == a or m.startswith(a + ".") for a in allowed))
+           for name, imported in IMPORTS.items() if name == package or name.startswith(package + ".")}
+    assert {k: v for k, v in bad.items() if v} == {}
+
+
+@pytest.mark.parametrize("package, forbidden", [
+    # data knows no model beyond a tokenizer; it reads the artefact, which knows no data
+    ("lrkd.data", ("lrkd.losses", "lrkd.evaluation")),
+    ("lrkd.artefact", ("lrkd.data", "lrkd.losses", "lrkd.evaluation")),
+    ("lrkd.losses", ("lightning", "hydra", "transformers")),
+    ("lrkd.student", ("lrkd.teacher",)),
+    ("lrkd.teacher", ("lrkd.student",)),
+    # the teacher's base modules know none of its jobs; labelling may reuse training's examples
+    ("lrkd.teacher.model", ("lrkd.teacher.runtime", "lrkd.teacher.train", "lrkd.teacher.reward", "lrkd.teacher.label")),
+    ("lrkd.teacher.prompts", ("lrkd.teacher.runtime", "lrkd.teacher.train", "lrkd.teacher.reward", "lrkd.teacher.label")),
+    ("lrkd.teacher.parse", ("lrkd.teacher.runtime", "lrkd.teacher.train", "lrkd.teacher.reward", "lrkd.teacher.label")),
+    ("lrkd.teacher.tokens", ("lrkd.teacher.runtime", "lrkd.teacher.train", "lrkd.teacher.reward", "lrkd.teacher.label")),
+    ("lrkd.teacher.runtime", ("lrkd.teacher.train", "lrkd.teacher.reward", "lrkd.teacher.label")),
+    ("lrkd.teacher.train", ("lrkd.teacher.reward", "lrkd.teacher.label")),
+    ("lrkd.teacher.reward", ("lrkd.teacher.runtime", "lrkd.teacher.train", "lrkd.teacher.label")),
+    # serving needs the served RelevanceStudent only: no Lightning, no training machinery
+    ("lrkd.serve", ("lightning", "pytorch_lightning", "lrkd.lightning", "lrkd.stages", "lrkd.teacher",
+                    "lrkd.student.module", "lrkd.data.datamodule", "lrkd.data.sampler")),
     # the architecture search runs in the sweeper's process: no training machinery there
-    ("lrkd.search", ("lightning", "lrkd.stages", "lrkd.teacher", "lrkd.student.module", "lrkd.data.datamodule")),
-    ("lrkd.evaluation.metrics", ("lrkd.student", "lrkd.teacher", "lrkd.stages", "lrkd.serve")),
+    ("lrkd.search", ("lightning", "pytorch_lightning", "lrkd.lightning", "lrkd.stages", "lrkd.teacher",
+                     "lrkd.student.module", "lrkd.data.datamodule")),
+    ("lrkd.report", ("lightning", "lrkd.lightning", "lrkd.stages", "lrkd.teacher", "lrkd.student", "lrkd.serve")),
 ])
 def test_dependency_arrows(package, forbidden):
     assert _offending(package, forbidden) == {}
 
 
-def test_no_import_cycle():
-    graph = {name: {m for m in imported if m in MODULES and m != name} for name, imported in IMPORTS.items()}
-    # a package's __init__ re-exporting its own modules is not a cycle of the architecture
-    graph = {n: {m for m in deps if not (n.startswith(m + ".") and MODULES[m].name == "__init__.py")}
-             for n, deps in graph.items()}
+def test_stages_never_import_stages():
+    """A stage is run by the registry (lrkd.stages.get_stage), never imported by another stage; what
+    they share lives in lrkd.stages.base and lrkd.stages.teacher_common."""
+    bad = {}
+    for name, imported in IMPORTS.items():
+        if room(name) == "lrkd.stages" and name not in STAGE_HELPERS:
+            hits = sorted(m for m in lrkd_modules(imported) if room(m) == "lrkd.stages" and m not in STAGE_HELPERS)
+            if hits:
+                bad[name] = hits
+    assert bad == {}
+
+
+def test_no_cycle_between_rooms():
+    graph = {r: set() for r in LAYER}
+    for name, imported in IMPORTS.items():
+        if name != "lrkd":
+            graph[room(name)] |= {room(m) for m in lrkd_modules(imported)} - {room(name)}
+    assert _cycles(graph) == []
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     state, stack, cycles = {}, [], []
 
     def visit(node):
@@ -97,13 +183,21 @@ def test_no_import_cycle():
     for node in sorted(graph):
         if node not in state:
             visit(node)
-    assert cycles == []
+    return cycles
+
+
+def test_no_import_cycle():
+    graph = {name: {m for m in imported if m in MODULES and m != name} for name, imported in IMPORTS.items()}
+    # a package's __init__ re-exporting its own modules is not a cycle of the architecture
+    graph = {n: {m for m in deps if not (n.startswith(m + ".") and MODULES[m].name == "__init__.py")}
+             for n, deps in graph.items()}
+    assert _cycles(graph) == []
 
 
 def test_private_lightning_names_only_in_the_compat_module():
     bad = {}
     for name, path in MODULES.items():
-        if name == "lrkd.compat":
+        if name == "lrkd.lightning.compat":
             continue
         text = path.read_text()
         hits = [m for m in IMPORTS[name] if m.startswith("lightning") and any(p.startswith("_") for p in m.split("."))]

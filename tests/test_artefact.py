@@ -14,7 +14,7 @@ from safetensors.numpy import load_file, save_file
 
 from lrkd.artefact import (SCHEMA_VERSION, ArtefactError, ArtefactManifest, ArtefactWarning,
                            ArtefactWriter, format_rationales, load_artefact)
-from lrkd.data.schema import DataError, dataset_fingerprint
+from lrkd.schema import DataError, dataset_fingerprint
 
 try:  # with the repository root on sys.path (pytest `pythonpath = ["."]`)
     from tests.fixtures.artefacts import make_artefact, rationale_text

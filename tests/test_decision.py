@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score, f1_score
 
-from lrkd.data.schema import LabelSet
-from lrkd.decision import (ArgmaxRule, ThresholdRule, decision_metric, rule_from_dict)
+from lrkd.schema import LabelSet
+from lrkd.evaluation.confusion import grade_metric
+from lrkd.evaluation.decision import ArgmaxRule, ThresholdRule, rule_from_dict
+from lrkd.evaluation.metrics import RelevanceMetrics, decision_metrics
 
 LS = LabelSet(names=("exact", "substitute", "complement", "irrelevant"))  # gains = values = 3, 2, 1, 0
 
@@ -22,10 +24,10 @@ def test_threshold_fitting_recovers_planted_cut_points(metric):
     assert set(labels.tolist()) == {0, 1, 2, 3}
     fitted = rule.fit_scores(scores, labels)
     np.testing.assert_allclose(fitted.thresholds, planted, atol=0.03)
-    assert decision_metric(fitted.decide_scores(scores), labels, 4, metric) > 0.98
+    assert grade_metric(fitted.decide_scores(scores), labels, 4, metric) > 0.98
     # the fit never does worse on val than its start (rounding to the nearest grade)
-    assert decision_metric(fitted.decide_scores(scores), labels, 4, metric) >= \
-        decision_metric(rule.decide_scores(scores), labels, 4, metric)
+    assert grade_metric(fitted.decide_scores(scores), labels, 4, metric) >= \
+        grade_metric(rule.decide_scores(scores), labels, 4, metric)
 
 
 def test_fit_is_robust_to_noisy_labels_and_keeps_thresholds_monotone():
@@ -57,8 +59,25 @@ def test_metrics_match_sklearn():
     rng = np.random.default_rng(2)
     y, p = rng.integers(0, 4, 500), rng.integers(0, 4, 500)
     p[p == 2] = 1  # a class absent from the predictions
-    assert decision_metric(p, y, 4, "qwk") == pytest.approx(cohen_kappa_score(y, p, weights="quadratic"))
-    assert decision_metric(p, y, 4, "macro_f1") == pytest.approx(f1_score(y, p, average="macro"))
+    assert grade_metric(p, y, 4, "qwk") == pytest.approx(cohen_kappa_score(y, p, weights="quadratic"))
+    assert grade_metric(p, y, 4, "macro_f1") == pytest.approx(f1_score(y, p, average="macro"))
+
+
+def test_the_logged_metrics_and_the_fitted_rule_share_one_qwk_and_macro_f1():
+    """RelevanceMetrics (argmax), decision_metrics (tuned grades) and ThresholdRule.fit read the same
+    functions of the confusion matrix (lrkd.evaluation.confusion)."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(4), 400).astype(np.float32)
+    y = rng.integers(0, 4, 400)
+    m = RelevanceMetrics(LS, prefix="")
+    m.update(torch.from_numpy(probs), torch.from_numpy(y), torch.zeros(400, dtype=torch.long))
+    out, argmax = m.compute(), probs.argmax(1)
+    tuned = decision_metrics(torch.from_numpy(argmax), torch.from_numpy(y), LS, prefix="")
+    for name in ("qwk", "macro_f1"):
+        assert out[name].item() == np.float32(grade_metric(argmax, y, 4, name))
+        assert tuned[name].item() == out[name].item()
 
 
 def test_rule_dict_round_trip_and_config_defaults():

@@ -17,7 +17,7 @@ CHORUS_LABELS = ["perfect", "good", "fair", "poor"]
 @pytest.fixture(scope="module")
 def chorus_artefact(tmp_path_factory):
     """A fixture teacher artefact over EVERY chorus_icecat pair (a superset of any fold's train rows)."""
-    from lrkd.data.schema import LabelSet
+    from lrkd.schema import LabelSet
     from lrkd.data.sources import ChorusIcecatSource
     from tests.fixtures.artefacts import make_artefact
 

@@ -22,9 +22,9 @@ def _inputs(rec: dict) -> tuple[torch.Tensor, ...]:
 
 
 def test_old_checkpoint_scores_identically_through_load_student(recorded):
-    from lrkd.serve.scorers import load_student
+    from lrkd.serve.scorers import load_served
 
-    student, config = load_student(LEGACY / "student.ckpt")
+    student, config = load_served(LEGACY / "student.ckpt")  # lrkd.student.checkpoint.load_student
     with torch.no_grad():
         logits = student.predict_logits(*_inputs(recorded))
     torch.testing.assert_close(logits, torch.tensor(recorded["logits"]), rtol=0, atol=1e-6)
@@ -59,3 +59,26 @@ def test_old_artefact_reads_identically():
     assert ann.rationales == rec["rationales"]
     np.testing.assert_array_equal(ann.soft_labels, np.asarray(rec["soft_labels"], np.float32))
     np.testing.assert_array_equal(ann.latents, np.asarray(rec["latents"], np.float32))
+
+
+def test_hparams_naming_modules_that_moved_load_under_their_new_paths(tmp_path, recorded):
+    """Checkpoints written before issue 21 name the schedule lrkd.optim.* (now lrkd.lightning.optim)."""
+    from hydra.utils import get_method
+
+    from lrkd.student.checkpoint import load_student, upgrade_targets
+    from lrkd.student.module import StudentModule
+
+    old = {"scheduler": {"_target_": "lrkd.optim.linear_warmup_schedule", "_partial_": True, "warmup_ratio": 0.1},
+           "loss": {"_target_": "lrkd.losses.WeightedLoss", "terms": [{"_target_": "lrkd.callbacks.RNGStateCheckpoint"}]}}
+    new = upgrade_targets(old)
+    assert new["scheduler"]["_target_"] == "lrkd.lightning.optim.linear_warmup_schedule"
+    assert new["loss"]["_target_"] == "lrkd.losses.WeightedLoss"  # unmoved paths stay
+    assert new["loss"]["terms"][0]["_target_"] == "lrkd.lightning.callbacks.RNGStateCheckpoint"
+    get_method(new["scheduler"]["_target_"])
+
+    checkpoint = torch.load(LEGACY / "student.ckpt", weights_only=True)
+    checkpoint["hyper_parameters"]["scheduler"] = old["scheduler"]
+    torch.save(checkpoint, tmp_path / "old_schedule.ckpt")
+    assert load_student(tmp_path / "old_schedule.ckpt").hparams["scheduler"] == new["scheduler"]
+    module = StudentModule.load_from_checkpoint(str(tmp_path / "old_schedule.ckpt"), weights_only=True)
+    assert module.hparams["scheduler"] == new["scheduler"]

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from lrkd.data.schema import LabelSet
+from lrkd.schema import LabelSet
 from lrkd.evaluation.metrics import RelevanceMetrics
 
 LS3 = LabelSet(names=("exact", "partial", "irrelevant"))  # gains 2, 1, 0

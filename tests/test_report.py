@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lrkd.data.schema import DataError
+from lrkd.schema import DataError
 from lrkd.report import build_report, find_jobs, main, swept_keys
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sweep_report"
@@ -136,7 +136,7 @@ def test_latency_from_the_benchmark_json(tmp_path):
     """benchmarks/latency.py's own JSON gives each extractor its batch-1, 128-token median."""
     import json as _json
 
-    from lrkd.report import _latency_records
+    from lrkd.report.compare import _latency_records
 
     rows = {"eager/none": {"timings": {"b1_s128": {"median_ms": 30.0}}},
             "eager/gat": {"timings": {"b1_s128": {"median_ms": 31.5}}},

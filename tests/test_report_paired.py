@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from lrkd.report import build_report, find_jobs, main
-from lrkd.report_paired import (label_budget_summary, paired_differences, replicate_id, replicate_order)
+from lrkd.report.paired import (label_budget_summary, paired_differences, replicate_id, replicate_order)
 
 METRICS = ["test/auc", "test/ndcg@10", "test/tuned/qwk", "test/macro_f1"]
 # (arm, fraction, fold) -> test/auc; the other metrics are auc - 0.1, auc - 0.2, auc - 0.3.

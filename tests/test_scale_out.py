@@ -71,7 +71,7 @@ def test_ddp_strategy_and_run_stamp_follow_the_launch(monkeypatch):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from lrkd.distributed import ddp_strategy, run_stamp
+    from lrkd.lightning.distributed import ddp_strategy, run_stamp
 
     for key in ("TORCHELASTIC_RUN_ID", "LOCAL_RANK", "WORLD_SIZE", "SLURM_NTASKS", "LRKD_RUN_ID", "SLURM_JOB_ID"):
         monkeypatch.delenv(key, raising=False)
@@ -171,7 +171,7 @@ def test_multirun_of_two_ddp_jobs_makes_two_job_dirs_and_nothing_else(tmp_path, 
 
 # -------------------------------------------------------------------------- teacher stages on DDP
 def _generate(make_cfg, tmp_path, monkeypatch, work: Path) -> None:
-    from lrkd.teacher.backends import LocalHFBackend
+    from lrkd.teacher.runtime.hf import LocalHFBackend
     from tests.teacher.test_pipeline import scripted_generate
 
     monkeypatch.setattr(LocalHFBackend, "generate", scripted_generate)
@@ -180,7 +180,7 @@ def _generate(make_cfg, tmp_path, monkeypatch, work: Path) -> None:
 
 
 def test_teacher_sft_on_two_cpu_ranks_saves_once(make_cfg, tmp_path, monkeypatch):
-    from lrkd.teacher.module import load_trained_teacher
+    from lrkd.teacher.train.module import load_trained_teacher
 
     work = tmp_path / "work"
     _generate(make_cfg, tmp_path, monkeypatch, work)
@@ -251,7 +251,7 @@ def test_deepspeed_config_builds_the_intended_zero_section(make_cfg, name):
 
 
 def _tiny_student_hparams(cfg) -> dict:
-    from lrkd.data.schema import DataSpec, LabelSet
+    from lrkd.schema import DataSpec, LabelSet
 
     spec = DataSpec(label_set=LabelSet.from_config(cfg.data.labels), perspectives=tuple(cfg.perspectives))
     plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
@@ -311,9 +311,9 @@ def test_zero_on_gloo_then_the_checkpoint_converts_to_one_fp32_file(make_cfg, tm
     import torch.multiprocessing as mp
     from lightning.fabric.plugins.environments.lightning import find_free_network_port
 
-    from lrkd.serve.scorers import load_student
+    from lrkd.serve.scorers import load_served
     from lrkd.student.module import StudentModule
-    from lrkd.zero_to_fp32 import main as zero_to_fp32
+    from lrkd.lightning.deepspeed import main as zero_to_fp32
 
     cfg = make_cfg(f"trainer={name}")
     ds_config = dict(instantiate(cfg.trainer.strategy).config)  # the config Lightning would hand DeepSpeed
@@ -332,7 +332,7 @@ def test_zero_on_gloo_then_the_checkpoint_converts_to_one_fp32_file(make_cfg, tm
     assert set(state) == set(full)
     for key, value in full.items():
         assert state[key].dtype == torch.float32 and torch.equal(state[key], value), key
-    served, serving = load_student(converted)  # predict and export read it too
+    served, serving = load_served(converted)  # predict and export read it too
     assert serving.max_length == 64 and torch.equal(served.classifier[1].weight, full["student.classifier.1.weight"])
 
 
@@ -340,7 +340,7 @@ def test_ranked_writer_merges_the_parts_once_and_resumes(tmp_path):
     """The merge logic without processes: two ranks' writers driven in turn (barriers no-ops)."""
     from lrkd.artefact import ArtefactWriter, load_artefact
     from lrkd.artefact.ranks import RankedArtefactWriter, parts_dir
-    from lrkd.distributed import Ranks
+    from lrkd.lightning.distributed import Ranks
 
     class TurnTaking(Ranks):
         def barrier(self) -> None:

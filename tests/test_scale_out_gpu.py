@@ -33,7 +33,7 @@ def _needs(trainer: str) -> None:
 @pytest.mark.parametrize("trainer", TRAINERS)
 def test_student_fits_and_tests(make_cfg, tmp_path, trainer):
     _needs(trainer)
-    from lrkd.serve.scorers import load_student
+    from lrkd.serve.scorers import load_served
 
     run = tmp_path / "run"
     result = get_stage("student")(make_cfg(f"trainer={trainer}", "trainer.devices=1", *FAST, output_dir=run))
@@ -42,15 +42,15 @@ def test_student_fits_and_tests(make_cfg, tmp_path, trainer):
     if trainer.startswith("deepspeed"):
         fp32 = Path(result["best_checkpoint_fp32"])
         assert Path(result["best_checkpoint"]).is_dir() and fp32.is_file()
-        module, serving = load_student(fp32)
+        module, serving = load_served(fp32)
         assert serving.max_length == 64 and all(p.dtype == torch.float32 for p in module.parameters())
 
 
 @pytest.mark.parametrize("trainer", TRAINERS)
 def test_teacher_sft_fits_and_saves_whole_weights(make_cfg, tmp_path, monkeypatch, trainer):
     _needs(trainer)
-    from lrkd.teacher.backends import LocalHFBackend
-    from lrkd.teacher.module import load_trained_teacher
+    from lrkd.teacher.runtime.hf import LocalHFBackend
+    from lrkd.teacher.train.module import load_trained_teacher
     from tests.teacher.test_pipeline import scripted_generate
 
     monkeypatch.setattr(LocalHFBackend, "generate", scripted_generate)

@@ -19,8 +19,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from hydra_plugins.lrkd_optuna_sweeper.optuna_sweeper import OptunaSweeper, SearchSpace, trial_outcome
-from lrkd.sweep import (RunIdentity, apply_wandb_identity, log_test_extras, parse_override, parse_overrides,
-                        run_identity, run_job_tolerantly)
+from lrkd.run.jobs import run_job_tolerantly
+from lrkd.run.overrides import parse_override, parse_overrides
+from lrkd.run.wandb_run import RunIdentity, apply_wandb_identity, log_test_extras, run_identity
 from tests.conftest import compose_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,7 +236,7 @@ def test_optuna_sweeper_optimises_the_returned_value_and_survives_failures(tmp_p
 def test_failed_job_in_a_multirun_is_recorded_and_returns_none(tmp_path, token_cache, monkeypatch):
     cfg = compose_cfg(["hydra.mode=MULTIRUN", "student=tiny", "+optimizer.eps=-1", "seed=7"], tmp_path / "job", token_cache)
     finished = []
-    monkeypatch.setattr("lrkd.sweep.finish_wandb", lambda: finished.append(True))
+    monkeypatch.setattr("lrkd.run.jobs.finish_wandb", lambda: finished.append(True))
 
     def stage(c):
         raise ValueError(f"Invalid epsilon value: {c.optimizer.eps}")
@@ -258,7 +259,7 @@ def test_failed_job_in_a_multirun_is_recorded_and_returns_none(tmp_path, token_c
 
 def test_failed_single_run_still_raises(tmp_path, token_cache, monkeypatch):
     cfg = compose_cfg(["student=tiny"], tmp_path / "run", token_cache)
-    monkeypatch.setattr("lrkd.sweep.finish_wandb", lambda: None)
+    monkeypatch.setattr("lrkd.run.jobs.finish_wandb", lambda: None)
 
     def stage(c):
         raise FloatingPointError("loss is nan")
@@ -275,7 +276,7 @@ def test_error_of_a_job_whose_config_does_not_resolve_goes_to_the_working_dir(tm
     with open_dict(cfg):
         cfg.paths.output_dir = "${oc.env:LRKD_TEST_NO_SUCH_VARIABLE}"
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("lrkd.sweep.finish_wandb", lambda: None)
+    monkeypatch.setattr("lrkd.run.jobs.finish_wandb", lambda: None)
 
     def stage(c):
         return c.paths.output_dir   # raises: the interpolation does not resolve

@@ -72,6 +72,32 @@ def test_each_option_composes_and_instantiates(make_cfg, tmp_path, group, option
         assert cfg.task_name == option
 
 
+# what each debug option (conf/debug/, as lightning-hydra-template's) sets on the trainer
+DEBUG_TRAINER = {"default": {"max_epochs": 1}, "fdr": {"fast_dev_run": True},
+                 "limit": {"max_epochs": 3, "limit_train_batches": 0.01, "limit_val_batches": 0.05,
+                           "limit_test_batches": 0.05},
+                 "overfit": {"max_epochs": 20, "overfit_batches": 3}, "profiler": {"max_epochs": 1, "profiler": "simple"}}
+
+
+def test_the_debug_group_has_the_four_options():
+    assert set(options("debug")) == set(DEBUG_TRAINER)
+
+
+@pytest.mark.parametrize("option", options("debug"))
+def test_each_debug_option_composes(make_cfg, option):
+    cfg = make_cfg(f"debug={option}")
+    assert cfg.task_name == "debug" and cfg.logger is None and cfg.data.num_workers == 0
+    assert cfg.trainer.detect_anomaly and cfg.trainer.accelerator == "cpu" and cfg.trainer.devices == 1
+    assert {k: cfg.trainer[k] for k in DEBUG_TRAINER[option]} == DEBUG_TRAINER[option]
+    assert (cfg.callbacks is None) == (option == "overfit")
+    assert isinstance(instantiate(cfg.trainer), L.Trainer)
+
+
+def test_debug_fdr_runs_the_student_stage(make_cfg, tmp_path):
+    result = run_student(make_cfg("debug=fdr", "data.batch_size=8", "data.eval_batch_size=16"))
+    assert 0.0 <= result["test/macro_f1"] <= 1.0
+
+
 def _attach_artefact(cfg, tmp_path: Path) -> None:
     """Build a small artefact over the configured dataset and point data.annotations at it."""
     from tests.fixtures.artefacts import make_artefact

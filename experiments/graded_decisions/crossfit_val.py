@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from lrkd.decision import ThresholdRule, decision_metric
+from lrkd.evaluation.confusion import grade_metric as decision_metric
+from lrkd.evaluation.decision import ThresholdRule
 from lrkd.stages.teacher_common import load_pairs
 from lrkd.student.module import StudentModule
 

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from lrkd.report_writer import markdown_table  # noqa: E402
+from lrkd.report.writer import markdown_table  # noqa: E402
 from lrkd.search.report import choose, pareto_front  # noqa: E402
 from lrkd.search.sampler import loo_rank_correlation  # noqa: E402
 

@@ -11,7 +11,7 @@ from typing import Mapping
 
 import numpy as np
 
-from lrkd.data.schema import DataError
+from lrkd.schema import DataError
 from lrkd.utils import atomic_path, plain
 
 SCHEMA_VERSION = 1
@@ -38,6 +38,9 @@ def shard_name(shard_id: int) -> str:
     return f"shard-{shard_id:05d}"
 
 
+SCORE_PREFIX = "score/"  # a shard's optional per-pair readings: columns score/<name>
+
+
 def rationale_column(perspective: str) -> str:
     """Parquet column holding one perspective's rationales."""
     return RATIONALE_PREFIX + perspective
@@ -55,7 +58,7 @@ class ArtefactManifest:
     perspectives: perspective names, in the order of the K axis of the latents.
     label_names:  grade names, in the order of the C axis of the soft labels.
     vector_dim:   D, the dimension of each latent target.
-    dataset_fingerprint: ``lrkd.data.schema.dataset_fingerprint`` of the annotated dataset.
+    dataset_fingerprint: ``lrkd.schema.dataset_fingerprint`` of the annotated dataset.
     num_rows:     rows over all finished shards.
     shards:       names of the finished shards (``shard-00000``, ...), by shard id.
     complete:     True once the writer finalized (every intended pair is annotated).

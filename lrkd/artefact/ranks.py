@@ -1,6 +1,6 @@
 """Writing one annotation artefact from several ranks (``stage=teacher_annotate`` under DDP).
 
-Rank r annotates ``rows[r::W]`` (:meth:`lrkd.distributed.Ranks.shard`) into its own part, an
+Rank r annotates ``rows[r::W]`` (:meth:`lrkd.lightning.distributed.Ranks.shard`) into its own part, an
 ordinary resumable artefact (:class:`lrkd.artefact.writer.ArtefactWriter`) at
 ``<artefact>.ranks/rank-<r>/``, so no two processes ever write one manifest. When every rank has
 finished, rank 0 copies the parts' rows into the artefact itself, shard by shard, through its
@@ -26,7 +26,7 @@ import numpy as np
 from lrkd.artefact.manifest import MANIFEST_NAME, ArtefactManifest, read_manifest
 from lrkd.artefact.reader import iter_shards, read_shard_keys
 from lrkd.artefact.writer import ArtefactWriter
-from lrkd.distributed import Ranks
+from lrkd.lightning.distributed import Ranks
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def _same_record(manifest: ArtefactManifest, extra: Mapping | None) -> bool:
 
 class RankedArtefactWriter:
     """This rank's writer; the same methods as :class:`ArtefactWriter` that
-    :func:`lrkd.teacher.annotate.annotate_pool` and the stage use (``completed_keys``,
+    :func:`lrkd.teacher.label.annotate.annotate_pool` and the stage use (``completed_keys``,
     ``completed_shards``, ``write_shard``, ``finalize``). Every rank must construct it and call
     ``finalize`` (both hold barriers)."""
 

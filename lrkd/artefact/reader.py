@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -16,9 +16,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from safetensors.numpy import load_file
 
-from lrkd.artefact.manifest import (LATENTS_KEY, ArtefactError, ArtefactManifest, ArtefactWarning, rationale_column,
+from lrkd.artefact.manifest import (LATENTS_KEY, SCORE_PREFIX, ArtefactError, ArtefactManifest, ArtefactWarning, rationale_column,
                                     read_manifest)
-from lrkd.data.schema import dataset_fingerprint as compute_fingerprint
+from lrkd.schema import dataset_fingerprint as compute_fingerprint
 
 
 def _read_shard_table(root: Path, name: str, columns: list[str] | None = None) -> pa.Table:
@@ -43,7 +43,8 @@ def read_shard_keys(root: Path, name: str) -> set[tuple[str, str]]:
 @dataclass
 class Shard:
     """One finished shard, checked: n rows of query_ids, item_ids [n] (object arrays), rationales
-    (perspective -> n texts), soft_labels [n, C] float32, latents [n, K, D] float32."""
+    (perspective -> n texts), soft_labels [n, C] float32, latents [n, K, D] float32, scores (name
+    -> [n] float32: named per-pair readings, e.g. a judgement panel's answer probabilities)."""
 
     name: str
     query_ids: np.ndarray
@@ -51,6 +52,7 @@ class Shard:
     rationales: dict[str, list[str]]
     soft_labels: np.ndarray
     latents: np.ndarray
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.query_ids)
@@ -93,7 +95,9 @@ def read_shard(root: Path, m: ArtefactManifest, name: str) -> Shard:
                  item_ids=table.column("item_id").to_numpy(zero_copy_only=False).astype(object),
                  rationales={p: table.column(col).to_pylist() for p, col in zip(m.perspectives, rat_cols)},
                  soft_labels=pc.list_flatten(soft).to_numpy(zero_copy_only=False).astype(np.float32).reshape(n, c),
-                 latents=lat.astype(np.float32))
+                 latents=lat.astype(np.float32),
+                 scores={col[len(SCORE_PREFIX):]: table.column(col).to_numpy(zero_copy_only=False).astype(np.float32)
+                         for col in table.column_names if col.startswith(SCORE_PREFIX)})
 
 
 def iter_shards(root: str | os.PathLike) -> Iterator[Shard]:

@@ -4,7 +4,6 @@ shards it finished. One writer per directory at a time."""
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,26 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from safetensors.numpy import save_file
 
-from lrkd.artefact.manifest import (_FP16_MAX, _SHARD_NAME, _TEMP_SUFFIX, LATENTS_KEY, MANIFEST_NAME,
+from lrkd.artefact.manifest import (_FP16_MAX, _SHARD_NAME, _TEMP_SUFFIX, LATENTS_KEY, MANIFEST_NAME, SCORE_PREFIX,
                                     PROBABILITY_TOLERANCE, SCHEMA_VERSION, ArtefactError, ArtefactManifest,
                                     ArtefactWarning, json_record, rationale_column, read_manifest, shard_name,
                                     write_manifest)
 from lrkd.artefact.reader import read_shard_keys
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _temp_path(root: Path, stem: str, suffix: str) -> Path:
-    """A fresh temp file name next to its final name (same filesystem, so os.replace is atomic)."""
-    fd, name = tempfile.mkstemp(dir=root, prefix=f".{stem}.", suffix=suffix + _TEMP_SUFFIX)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(name, 0o666 & ~umask)  # mkstemp makes it private; the artefact's files are ordinary files
-    return Path(name)
+from lrkd.utils import atomic_path
 
 
 class ArtefactWriter:
@@ -120,12 +105,14 @@ class ArtefactWriter:
     # -- writing
 
     def write_shard(self, shard_id: int, query_ids: Sequence[str], item_ids: Sequence[str],
-                    rationales: Mapping[str, Sequence[str]], soft_labels, latents) -> None:
+                    rationales: Mapping[str, Sequence[str]], soft_labels, latents,
+                    scores: Mapping[str, Sequence[float]] | None = None) -> None:
         """Validate and write one shard of n rows, atomically.
 
         query_ids, item_ids: n ids each. rationales: perspective -> n texts (exactly the manifest's
         perspectives). soft_labels: [n, C] probabilities (non-negative, rows sum to 1 within 1e-3).
-        latents: [n, K, D] (stored as float16). Refuses a finished shard id and pairs already written.
+        latents: [n, K, D] (stored as float16). scores: optional name -> n finite floats (columns
+        ``score/<name>``). Refuses a finished shard id and pairs already written.
         """
         m = self.manifest
         if isinstance(shard_id, bool) or not isinstance(shard_id, (int, np.integer)) or shard_id < 0:
@@ -156,20 +143,20 @@ class ArtefactWriter:
             columns[rationale_column(p)] = pa.array(texts[p], pa.string())
         offsets = pa.array(np.arange(0, probs.size + 1, m.num_classes, dtype=np.int32))
         columns["soft_label"] = pa.ListArray.from_arrays(offsets, pa.array(probs.ravel(), pa.float32()))
+        for key, values in (scores or {}).items():
+            values = np.asarray(values, dtype=np.float32)
+            if values.shape != (n,) or not np.isfinite(values).all():
+                raise ArtefactError(f"score {key!r} needs {n} finite values, got shape {values.shape}",
+                                    path=where, column=f"{SCORE_PREFIX}{key}")
+            columns[f"{SCORE_PREFIX}{key}"] = pa.array(values, pa.float32())
         table = pa.table(columns)
-        parquet_tmp = _temp_path(self.root, name, ".parquet")
-        vectors_tmp = _temp_path(self.root, name, ".safetensors")
-        try:
+        # each file atomically; the shard counts once the manifest lists it (a killed writer's temp
+        # files are removed on resume)
+        with atomic_path(self.root / f"{name}.parquet", fsync=True) as parquet_tmp, \
+                atomic_path(self.root / f"{name}.safetensors", fsync=True) as vectors_tmp:
             pq.write_table(table, parquet_tmp, compression="zstd")
             save_file({LATENTS_KEY: vectors}, str(vectors_tmp),
                       metadata={"lrkd_schema_version": str(SCHEMA_VERSION), "num_rows": str(n)})
-            _fsync(parquet_tmp)
-            _fsync(vectors_tmp)
-            os.replace(parquet_tmp, self.root / f"{name}.parquet")
-            os.replace(vectors_tmp, self.root / f"{name}.safetensors")
-        finally:
-            parquet_tmp.unlink(missing_ok=True)
-            vectors_tmp.unlink(missing_ok=True)
         m.shards = sorted([*m.shards, name])
         m.num_rows += n
         m.complete = False

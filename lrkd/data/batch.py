@@ -26,3 +26,6 @@ Present only when a loss term needs the reasoning-augmented view
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 AUG_PREFIX = "aug_"
 AUG_INPUT_KEYS = tuple(AUG_PREFIX + k for k in INPUT_KEYS)
+
+
+__all__ = ["INPUT_KEYS", "AUG_PREFIX", "AUG_INPUT_KEYS"]

@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from lrkd.data.schema import UNLABELLED
+from lrkd.schema import UNLABELLED
 
 GOLD_LABEL = "gold_label"            # the grade before the budget hid it (every row; analysis only)
 GOLD_RELEVANCE = "gold_relevance"    # the raw relevance before the budget hid it (when the frame has one)

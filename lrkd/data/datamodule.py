@@ -31,10 +31,10 @@ from lrkd.data.encode import pad_sequences
 from lrkd.data.pool import cached_pool, pool_options
 from lrkd.data.query_batches import make_query_group_loader, num_query_group_batches, sampler_options
 from lrkd.data.sampler import EpochSeededSampler, eval_sampler, make_train_loader
-from lrkd.data.schema import REQUIRED_COLUMNS, DataError, DataSpec, LabelSet, dataset_fingerprint
+from lrkd.schema import REQUIRED_COLUMNS, DataError, DataSpec, LabelSet, dataset_fingerprint
 from lrkd.data.splits import split_from_config
 from lrkd.data.tokenize import TokenizedView, tokenize_augmented, tokenize_standard
-from lrkd.models import resolve_model_path
+from lrkd.encoders import resolve_model_path
 from lrkd.utils import plain
 
 log = logging.getLogger(__name__)

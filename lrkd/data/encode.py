@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lrkd.data.schema import text_fields
+from lrkd.schema import text_fields
 
 
 # ------------------------------------------------------------------------------------------ cells

@@ -7,7 +7,7 @@ text files may be compressed), for the data sources and for serving alike.
 - :class:`PairFile`: a file streamed row by row (:class:`InputRow`), malformed rows reported with
   their line instead of stopping, for batch scoring (:mod:`lrkd.serve.predict`).
 
-Errors are :class:`~lrkd.data.schema.DataError` naming the file, the line and the column.
+Errors are :class:`~lrkd.schema.DataError` naming the file, the line and the column.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from lrkd.data.schema import DataError
+from lrkd.schema import DataError
 
 COMPRESSION_SUFFIXES = (".zip", ".gz", ".bz2", ".xz", ".zst")
 FORMAT_BY_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",

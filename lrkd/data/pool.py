@@ -3,14 +3,14 @@
 The teacher can annotate more pairs than were judged. :func:`build_pool` pairs every TRAIN query
 with the ``k`` items a first-stage retriever ranks highest for it in a product catalogue (the items
 already judged for that query left out), as new unlabelled schema rows (``label`` =
-:data:`~lrkd.data.schema.UNLABELLED`, ``relevance`` NaN). Val and test queries never enter it.
+:data:`~lrkd.schema.UNLABELLED`, ``relevance`` NaN). Val and test queries never enter it.
 
 A catalogue is a table (Parquet, CSV or JSONL; :func:`lrkd.data.sources.read_table`) with one row
 per item and the schema's item columns: ``item_title``, ``item_id`` (the dataset's id convention,
 so that judged items are recognised; when absent it is derived from the title as
 :func:`lrkd.data.sources.item_id_for` does for a table without item ids) and the dataset's text
 field columns under their schema names. Items are shown to the retriever, and later to the models,
-as :func:`lrkd.data.tokenize.item_text` renders them.
+as :func:`lrkd.data.encode.item_text` renders them.
 
 Retrievers:
 
@@ -18,7 +18,7 @@ Retrievers:
   tokens of the item text, English stop words removed. Only items that share a term with the
   query are retrieved, so a query may get fewer than k.
 - ``minilm``: cosine similarity of mean-pooled ``sentence-transformers/all-MiniLM-L6-v2``
-  embeddings (the offline packaged copy, :func:`lrkd.models.resolve_model_path`) of the query and
+  embeddings (the offline packaged copy, :func:`lrkd.encoders.resolve_model_path`) of the query and
   the item text (128 tokens), on the CPU by default so that every machine ranks alike; scores are
   rounded to 1e-5 before ranking.
 
@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
@@ -43,9 +42,10 @@ import torch
 from transformers import AutoTokenizer
 
 from lrkd.data.encode import item_texts
-from lrkd.data.schema import UNLABELLED, DataError, text_fields
+from lrkd.schema import UNLABELLED, DataError, text_fields
 from lrkd.data.sources import text_column, item_id_for, read_table
-from lrkd.models import load_encoder, masked_mean, resolve_model_path
+from lrkd.encoders import load_encoder, mean_over_tokens, resolve_model_path
+from lrkd.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def embed_texts(texts: Sequence[str], model, tokenizer, device: str = "cpu", bat
             enc = tokenizer([texts[r] for r in rows], padding=True, truncation=True, max_length=max_length,
                             return_tensors="pt").to(device)
             hidden = model(**enc).last_hidden_state
-            vectors = torch.nn.functional.normalize(masked_mean(hidden, enc["attention_mask"]).float(), dim=-1)
+            vectors = torch.nn.functional.normalize(mean_over_tokens(hidden, enc["attention_mask"]).float(), dim=-1)
             out[rows] = vectors.cpu().numpy()
     return out
 
@@ -305,14 +305,7 @@ def cached_pool(frame: pd.DataFrame, train_rows: Sequence[int], options: Mapping
     catalogue = load_catalogue(path_in, fields)
     df = build(frame, train_rows, catalogue, retriever=options["retriever"], k=options["k"],
                seed=options["seed"], device=options["device"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         df.to_parquet(tmp, compression="zstd", index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     log.info("pool cache written: %s (%d pairs)", path, len(df))
     return df, False

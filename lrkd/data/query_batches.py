@@ -33,7 +33,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from lrkd.compat import batches_done_this_epoch
+from lrkd.lightning.compat import batches_done_this_epoch
 from lrkd.data.sampler import ResumableDataLoader
 
 SAMPLERS = ("shuffle", "query_groups")

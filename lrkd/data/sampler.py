@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DistributedSampler, Sampler
 
-from lrkd.compat import UnrepeatedDistributedSampler, batches_done_this_epoch, uses_distributed_sampler
+from lrkd.lightning.compat import UnrepeatedDistributedSampler, batches_done_this_epoch, uses_distributed_sampler
 
 
 class _ResumesMidEpoch:

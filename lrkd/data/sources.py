@@ -4,14 +4,14 @@ Every source is a small class built from config (``__init__``) with one method
 
     load(label_set: LabelSet, duplicates: str = "error") -> pandas.DataFrame
 
-returning the schema of :mod:`lrkd.data.schema`: ``query_id, query, item_id, item_title,
+returning the schema of :mod:`lrkd.schema`: ``query_id, query, item_id, item_title,
 <text fields>, label[, relevance]`` with ``df.attrs["text_fields"]`` set, rows in file order.
 
 - :class:`ChorusIcecatSource`: the embedded Chorus/Icecat set (``datasets/chorus_icecat``).
 - :class:`HomeDepotSource`:    the Kaggle Home Depot ``train.csv[.zip]`` from a path the user gives.
 - :class:`TableSource`:        any CSV, JSONL or Parquet file with a column mapping.
 
-Bad input raises :class:`~lrkd.data.schema.DataError` naming the file, the row and the column.
+Bad input raises :class:`~lrkd.schema.DataError` naming the file, the row and the column.
 Rows are numbered as a person finds them in the file: CSV data row i (0-based) is line i + 2
 (after the header; assumes no quoted multi-line fields), JSONL row i is line i + 1, Parquet row i
 is "row i + 1".
@@ -33,7 +33,7 @@ import pandas as pd
 
 from lrkd.data.encode import is_missing, normalise_query, query_text, to_text
 from lrkd.data.io import RawTable, read_table
-from lrkd.data.schema import DataError, LabelSet
+from lrkd.schema import DataError, LabelSet
 from lrkd.data.splits import sample_queries
 
 DUPLICATE_POLICIES = ("error", "mean")

@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from itertools import chain
 from pathlib import Path
 from typing import Sequence
@@ -29,7 +28,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lrkd.data.encode import check_max_length, item_texts, pair_token_ids, uses_token_types
-from lrkd.data.schema import dataset_fingerprint
+from lrkd.schema import dataset_fingerprint
+from lrkd.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +93,10 @@ class TokenizedView:
         return np.diff(self.offsets)
 
     def save(self, path: str | os.PathLike, key: str = "") -> None:
-        """Write to ``path`` (.npz) atomically: a temp file in the same folder, then os.replace."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, input_ids=self.input_ids, token_type_ids=self.token_type_ids,
-                         offsets=self.offsets, key=np.array(key), version=np.array(TOKENIZE_VERSION))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write to ``path`` (.npz) atomically (:func:`lrkd.utils.atomic_path`)."""
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, input_ids=self.input_ids, token_type_ids=self.token_type_ids,
+                     offsets=self.offsets, key=np.array(key), version=np.array(TOKENIZE_VERSION))
 
     @classmethod
     def load(cls, path: str | os.PathLike, key: str | None = None) -> "TokenizedView":

@@ -25,7 +25,10 @@ Conventions (documented choices, with torchmetrics' behaviour where it decides):
 - nDCG@k differs here from trec_eval, which scores an all-zero-gain query 0 and so lowers the mean;
   reports state the convention under their tables.
 
-Tuned decisions (``decision=thresholds``, :mod:`lrkd.decision`): :func:`decision_metrics` gives the
+Accuracy, F1 and QWK are read from the confusion matrix (:func:`grade_metrics`,
+:mod:`lrkd.evaluation.confusion`), the same functions the decision rules are fitted with.
+
+Tuned decisions (``decision=thresholds``, :mod:`lrkd.evaluation.decision`): :func:`decision_metrics` gives the
 decision-dependent keys (accuracy, macro_f1, micro_f1, f1/<grade>, qwk) of hard grades under the
 prefix ``<split>/tuned/``; the threshold-free ones (auc, ndcg, rmse) do not depend on the decision.
 :class:`PredictionStore` keeps an epoch's labelled probabilities and labels (gathered over DDP ranks).
@@ -35,14 +38,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torchmetrics import MeanSquaredError, Metric, SumMetric
-from torchmetrics.classification import (BinaryAUROC, MulticlassAccuracy, MulticlassCohenKappa,
-                                         MulticlassConfusionMatrix, MulticlassF1Score)
-from torchmetrics.functional.classification import (multiclass_accuracy, multiclass_cohen_kappa,
-                                                    multiclass_f1_score)
+from torchmetrics.classification import BinaryAUROC, MulticlassConfusionMatrix
 from torchmetrics.retrieval import RetrievalNormalizedDCG
 from torchmetrics.utilities import dim_zero_cat
 
-from lrkd.data.schema import UNLABELLED, LabelSet
+from lrkd.evaluation import confusion as cm_metrics
+from lrkd.schema import UNLABELLED, LabelSet
 
 
 class RelevanceMetrics(nn.Module):
@@ -61,11 +62,7 @@ class RelevanceMetrics(nn.Module):
         self.ndcg_k = int(ndcg_k)
         self.has_relevance = bool(has_relevance)
         c = label_set.num_classes
-        self.accuracy = MulticlassAccuracy(num_classes=c, average="micro")
-        self.macro_f1 = MulticlassF1Score(num_classes=c, average="macro")
-        self.micro_f1 = MulticlassF1Score(num_classes=c, average="micro")
-        self.class_f1 = MulticlassF1Score(num_classes=c, average="none")
-        self.qwk = MulticlassCohenKappa(num_classes=c, weights="quadratic")
+        # accuracy, F1 and QWK are read from it (lrkd.evaluation.confusion: one implementation)
         self.confusion_matrix = MulticlassConfusionMatrix(num_classes=c)
         self.auc = BinaryAUROC()
         self.auc_rows = SumMetric()       # labelled rows seen, and how many of them are relevant:
@@ -91,8 +88,7 @@ class RelevanceMetrics(nn.Module):
         if bool(((labels < 0) | (labels >= c)).any()):
             bad = labels[(labels < 0) | (labels >= c)][0].item()
             raise ValueError(f"RelevanceMetrics.update: label {bad} is not a class index in [0, {c})")
-        for metric in (self.accuracy, self.macro_f1, self.micro_f1, self.class_f1, self.qwk, self.confusion_matrix):
-            metric.update(probs, labels)
+        self.confusion_matrix.update(probs, labels)
         r = self.label_set.relevant_up_to
         self.auc.update(probs[:, : r + 1].sum(dim=-1).clamp(0.0, 1.0), (labels <= r).long())
         self.auc_rows.update(float(len(labels)))
@@ -107,11 +103,9 @@ class RelevanceMetrics(nn.Module):
     def compute(self) -> dict[str, Tensor]:
         """``{prefix + name: 0-dim float tensor}``; see the module docstring for the names."""
         p = self.prefix
-        out = {f"{p}accuracy": self.accuracy.compute(), f"{p}macro_f1": self.macro_f1.compute(),
-               f"{p}micro_f1": self.micro_f1.compute()}
-        for name, value in zip(self.label_set.names, self.class_f1.compute()):
-            out[f"{p}f1/{name}"] = value
-        out[f"{p}qwk"] = self.qwk.compute()
+        counts = self.confusion_matrix.compute()
+        out = {p + k: counts.new_tensor(v, dtype=torch.float32)
+               for k, v in grade_metrics(counts.cpu().numpy(), self.label_set).items()}
         rows, relevant = float(self.auc_rows.compute()), float(self.auc_relevant.compute())  # same on every rank
         out[f"{p}auc"] = _compute_or_nan(self.auc) if 0 < relevant < rows else self.gains.new_tensor(float("nan"))
         out[f"{p}ndcg@{self.ndcg_k}"] = _compute_or_nan(self.ndcg)
@@ -128,19 +122,25 @@ class RelevanceMetrics(nn.Module):
             module.reset()
 
 
+def grade_metrics(counts, label_set: LabelSet) -> dict[str, float]:
+    """The decision-dependent metrics of a [C, C] confusion matrix (rows = gold): ``{accuracy,
+    macro_f1, micro_f1, f1/<grade>, qwk}`` (:mod:`lrkd.evaluation.confusion`; micro-F1 = accuracy
+    with one label per row)."""
+    out = {"accuracy": cm_metrics.accuracy(counts), "macro_f1": cm_metrics.macro_f1(counts),
+           "micro_f1": cm_metrics.accuracy(counts)}
+    for name, value in zip(label_set.names, cm_metrics.class_f1(counts)):
+        out[f"f1/{name}"] = float(value)
+    out["qwk"] = cm_metrics.qwk(counts)
+    return out
+
+
 def decision_metrics(preds: Tensor, labels: Tensor, label_set: LabelSet, prefix: str = "val/tuned/") -> dict[str, Tensor]:
     """The decision-dependent metrics of hard grades ``preds [N]`` against gold ``labels [N]`` (long,
     no -1): ``{prefix + accuracy | macro_f1 | micro_f1 | f1/<grade> | qwk: 0-dim float}``, computed
-    as :class:`RelevanceMetrics` computes them from the argmax."""
-    c = label_set.num_classes
-    preds, labels = preds.long(), labels.long()
-    out = {f"{prefix}accuracy": multiclass_accuracy(preds, labels, c, average="micro"),
-           f"{prefix}macro_f1": multiclass_f1_score(preds, labels, c, average="macro"),
-           f"{prefix}micro_f1": multiclass_f1_score(preds, labels, c, average="micro")}
-    for name, value in zip(label_set.names, multiclass_f1_score(preds, labels, c, average="none")):
-        out[f"{prefix}f1/{name}"] = value
-    out[f"{prefix}qwk"] = multiclass_cohen_kappa(preds, labels, c, weights="quadratic")
-    return {k: v.float() for k, v in out.items()}
+    as :class:`RelevanceMetrics` computes them from the argmax (:func:`grade_metrics`)."""
+    counts = cm_metrics.confusion(preds.long().cpu().numpy(), labels.long().cpu().numpy(), label_set.num_classes)
+    return {prefix + k: torch.tensor(v, dtype=torch.float32, device=preds.device)
+            for k, v in grade_metrics(counts, label_set).items()}
 
 
 class PredictionStore(Metric):
@@ -176,3 +176,6 @@ def _compute_or_nan(metric) -> Tensor:
         if "No samples" not in str(err):
             raise
         return torch.tensor(float("nan"))
+
+
+__all__ = ["RelevanceMetrics", "grade_metrics", "decision_metrics", "PredictionStore"]

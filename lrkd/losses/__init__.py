@@ -1,6 +1,6 @@
 """Loss terms: pure functions of tensors, one ``LossTerm`` module each, composed by ``WeightedLoss``."""
 from lrkd.losses.ce import CETerm, ce_targets, cross_entropy
-from lrkd.losses.compose import LossInputError, LossTerm, NonFiniteLossError, WeightedLoss, masked_mean
+from lrkd.losses.compose import LossInputError, LossTerm, NonFiniteLossError, WeightedLoss, mean_over_rows
 from lrkd.losses.crsd import CRSDTerm, crsd_losses
 from lrkd.losses.infonce import info_nce
 from lrkd.losses.kd import KDTerm, kd_loss, kl_per_row
@@ -10,7 +10,7 @@ from lrkd.losses.rank import RANK_FORMS, RANK_SCORES, RankKDTerm, listwise_kd, r
 from lrkd.losses.weights import balanced_class_weights, resolve_class_weight
 
 __all__ = [
-    "LossTerm", "WeightedLoss", "LossInputError", "NonFiniteLossError", "masked_mean",
+    "LossTerm", "WeightedLoss", "LossInputError", "NonFiniteLossError", "mean_over_rows",
     "CETerm", "cross_entropy", "ce_targets",
     "KDTerm", "kd_loss", "kl_per_row",
     "info_nce",

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lrkd.data.schema import UNLABELLED
-from lrkd.losses.compose import LossTerm, masked_mean
+from lrkd.schema import UNLABELLED
+from lrkd.losses.compose import LossTerm, mean_over_rows
 from lrkd.losses.weights import ClassWeighted, weighted_row_mean
 
 
@@ -29,7 +29,7 @@ def cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = UNLABELLED
     per_row = F.cross_entropy(logits.float(), safe_labels.long(), reduction="none",
                               label_smoothing=label_smoothing)
     if weight is None:
-        return masked_mean(per_row, valid)
+        return mean_over_rows(per_row, valid)
     row_weights = weight.to(per_row.device, per_row.dtype)[safe_labels.long()]
     return weighted_row_mean(per_row, row_weights, valid)
 

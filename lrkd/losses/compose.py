@@ -23,8 +23,9 @@ class LossInputError(LookupError):
     """A loss term cannot find an input it needs (a batch key or a student output)."""
 
 
-def masked_mean(values: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Mean of ``values [B]`` over rows where ``mask [B] bool`` is true (all rows when ``None``).
+def mean_over_rows(values: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean of per-row loss ``values [B]`` over rows where ``mask [B] bool`` is true (all rows when
+    ``None``); a batch reduction (token states are pooled by :func:`lrkd.encoders.mean_over_tokens`).
 
     With no valid row the result is a 0 that keeps a gradient path to ``values`` (so a step on a
     batch without, e.g., annotated rows still back-propagates cleanly, also under DDP).

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lrkd.data.schema import UNLABELLED
+from lrkd.schema import UNLABELLED
 from lrkd.losses.ce import cross_entropy, training_labels
-from lrkd.losses.compose import LossTerm, masked_mean
+from lrkd.losses.compose import LossTerm, mean_over_rows
 from lrkd.losses.infonce import info_nce
 from lrkd.losses.kd import kl_per_row
 from lrkd.losses.weights import ClassWeighted
@@ -35,7 +35,7 @@ def crsd_losses(pooled: Tensor, aug_pooled: Tensor, logits: Tensor, aug_logits: 
                          f"and labels {tuple(labels.shape)} must be [B,C], [B,C], [B]")
     contrastive = info_nce(pooled, aug_pooled, temperature, mask)
     target_logits = aug_logits.detach() if stop_gradient else aug_logits
-    kl = masked_mean(kl_per_row(F.log_softmax(target_logits.float(), dim=-1),
+    kl = mean_over_rows(kl_per_row(F.log_softmax(target_logits.float(), dim=-1),
                                 F.log_softmax(logits.float(), dim=-1)), mask)
     if mask is not None:
         labels = torch.where(mask.to(device=labels.device, dtype=torch.bool), labels,

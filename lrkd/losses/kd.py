@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lrkd.losses.compose import LossTerm, masked_mean
+from lrkd.losses.compose import LossTerm, mean_over_rows
 from lrkd.losses.weights import ClassWeighted, weighted_row_mean
 
 
@@ -44,7 +44,7 @@ def kd_loss(student_logits: Tensor, teacher_probs: Tensor, temperature: float = 
     student = F.log_softmax(student_logits.float() / temperature, dim=-1)
     per_row = (torch.special.xlogy(target, target) - target * student).sum(dim=-1)
     if row_weights is None:
-        return temperature ** 2 * masked_mean(per_row, mask)
+        return temperature ** 2 * mean_over_rows(per_row, mask)
     return temperature ** 2 * weighted_row_mean(per_row, row_weights, mask)
 
 

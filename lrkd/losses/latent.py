@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lrkd.losses.compose import LossInputError, LossTerm, masked_mean
+from lrkd.losses.compose import LossInputError, LossTerm, mean_over_rows
 from lrkd.losses.infonce import info_nce
 
 DISTANCES = ("mse", "cosine", "infonce")
@@ -37,7 +37,7 @@ def latent_alignment(pred: Tensor, target: Tensor, distance: str = "mse", mask: 
         per_row_k = (pred - target).pow(2).mean(dim=-1)  # [B, K]
     else:
         per_row_k = 1.0 - F.cosine_similarity(pred, target, dim=-1)  # [B, K]
-    return masked_mean(per_row_k.mean(dim=-1), mask)  # every row has all K, so mean_k mean_b = mean_b mean_k
+    return mean_over_rows(per_row_k.mean(dim=-1), mask)  # every row has all K, so mean_k mean_b = mean_b mean_k
 
 
 class LatentTerm(LossTerm):

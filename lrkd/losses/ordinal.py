@@ -19,7 +19,7 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from lrkd.data.schema import UNLABELLED
+from lrkd.schema import UNLABELLED
 from lrkd.losses.ce import training_labels
 from lrkd.losses.compose import LossTerm
 from lrkd.losses.weights import ClassWeighted, weighted_row_mean

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lrkd.data.schema import UNLABELLED
-from lrkd.losses.compose import LossInputError, masked_mean
+from lrkd.schema import UNLABELLED
+from lrkd.losses.compose import LossInputError, mean_over_rows
 
 
 def balanced_class_weights(counts: Sequence[int]) -> np.ndarray:
@@ -59,10 +59,10 @@ def resolve_class_weight(spec, counts: Sequence[int] | None, num_classes: int | 
 
 def weighted_row_mean(values: Tensor, row_weights: Tensor | None, mask: Tensor | None = None) -> Tensor:
     """sum_b m_b w_b v_b / sum_b m_b w_b over ``values [B]`` with ``row_weights [B]`` (None: plain
-    :func:`masked_mean`) and ``mask [B] bool``; 0 with a grad path when no row (or weight) is left.
+    :func:`mean_over_rows`) and ``mask [B] bool``; 0 with a grad path when no row (or weight) is left.
     With w_b = w[y_b] this is PyTorch's ``cross_entropy(weight=w, reduction="mean")`` convention."""
     if row_weights is None:
-        return masked_mean(values, mask)
+        return mean_over_rows(values, mask)
     w = row_weights.to(device=values.device, dtype=values.dtype)
     if mask is not None:
         w = torch.where(mask.to(device=values.device, dtype=torch.bool), w, torch.zeros_like(w))

@@ -26,7 +26,7 @@ import pandas as pd
 from optuna.distributions import CategoricalDistribution
 
 from hydra_plugins.lrkd_optuna_sweeper.optuna_sweeper import MAX_ASKS_PER_TRIAL  # as the sweeper gives up
-from lrkd.report_writer import markdown_table
+from lrkd.report.writer import markdown_table
 from lrkd.search.sampler import PredictorSampler
 from lrkd.search.space import config_key
 

@@ -21,10 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
 
 from lrkd.search.latency_table import Architecture
 from lrkd.search.sampler import loo_rank_correlation
 from lrkd.search.space import encode_many
+from lrkd.serve.hf import save_student_pretrained
+from lrkd.serve.scorers import load_served
 from lrkd.utils import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -51,8 +55,6 @@ def choose(frame: pd.DataFrame, tolerance: float, maximize: bool = True) -> pd.S
 
 
 def trials_frame(search, study, sampler=None) -> pd.DataFrame:
-    from optuna.trial import TrialState
-
     rows = []
     predictions = getattr(sampler, "predictions", {}) or {}
     for t in study.get_trials(deepcopy=False):
@@ -67,7 +69,7 @@ def trials_frame(search, study, sampler=None) -> pd.DataFrame:
 
 
 def plot_pareto(frame: pd.DataFrame, front: pd.DataFrame, path: Path, budget_ms: float | None, title: str) -> None:
-    import matplotlib
+    import matplotlib  # optional (no pareto.png without it), and slow to import: only to plot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -92,9 +94,6 @@ def plot_pareto(frame: pd.DataFrame, front: pd.DataFrame, path: Path, budget_ms:
 
 def save_chosen(job_dir: Path, out: Path) -> Path | None:
     """The job's best checkpoint (its metrics.json) in the save_pretrained form at ``out``."""
-    from lrkd.serve.hf import save_student_pretrained
-    from lrkd.serve.scorers import load_student
-
     metrics = job_dir / "metrics.json"
     if not metrics.is_file():
         log.warning("no %s: the chosen student is not saved", metrics)
@@ -103,14 +102,12 @@ def save_chosen(job_dir: Path, out: Path) -> Path | None:
     if not ckpt or not Path(ckpt).is_file():
         log.warning("the chosen job %s has no best checkpoint: the chosen student is not saved", job_dir)
         return None
-    student, config = load_student(ckpt)
+    student, config = load_served(ckpt)
     return save_student_pretrained(student, out, serving=config)
 
 
 def write_report(search, study, sweep_dir: Path, sampler=None) -> dict:
     """Write the files of the module docstring; returns the summary (also in chosen.json)."""
-    from optuna.study import StudyDirection
-
     sweep_dir.mkdir(parents=True, exist_ok=True)
     frame = trials_frame(search, study, sampler)
     archs = {a.name for a in search.archs}

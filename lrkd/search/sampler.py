@@ -36,7 +36,8 @@ REGRESSORS = ("random_forest", "gradient_boosting", "lightgbm")
 
 
 def make_regressor(kind: str = "random_forest", n_estimators: int = 200, seed: int | None = 0):
-    """A fresh scikit-learn-style regressor (``fit(X, y)``, ``predict(X)``) of ``kind``."""
+    """A fresh scikit-learn-style regressor (``fit(X, y)``, ``predict(X)``) of ``kind`` (each library is
+    imported when its regressor is asked for: scikit-learn is slow to import, lightgbm optional)."""
     if kind == "random_forest":
         from sklearn.ensemble import RandomForestRegressor
 
@@ -161,7 +162,7 @@ def loo_predictions(x: np.ndarray, y: np.ndarray, regressor: str = "random_fores
 
 def loo_rank_correlation(x: np.ndarray, y: np.ndarray, **kwargs) -> float:
     """Spearman rank correlation of the leave-one-out predictions with ``y`` (NaN under 4 points)."""
-    from scipy.stats import spearmanr
+    from scipy.stats import spearmanr  # slow to import; only for the report's figure
 
     if len(y) < 4:
         return float("nan")

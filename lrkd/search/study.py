@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lrkd.config import ROOT_DIR
+from lrkd.run.resolvers import ROOT_DIR
 from lrkd.search.latency_table import ARCH_FIELDS, Architecture, LatencyTable
 from lrkd.search.space import finite_values
 from lrkd.utils import plain
@@ -97,7 +97,7 @@ class ArchitectureSearch:
 
     def build(self, arch: Architecture):
         """A RelevanceStudent of ``arch`` in eval mode (random heads: for timing only)."""
-        from lrkd.student.model import RelevanceStudent
+        from lrkd.student.model import RelevanceStudent  # lazy: transformers, once the sweep measures latency
 
         encoder = OmegaConf.to_container(self.config.student, resolve=True)
         encoder["prune"] = {**(encoder.get("prune") or {}), "num_layers": arch.num_layers,
@@ -216,7 +216,7 @@ class ArchitectureSearch:
         return list(values)
 
     def write_report(self, study, sweep_dir: str | Path, sampler=None) -> dict:
-        from lrkd.search.report import write_report
+        from lrkd.search.report import write_report  # lazy: the serving stack, at the sweep's end
 
         return write_report(self, study, Path(sweep_dir), sampler)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Mapping
 
 from lrkd.data.batch import INPUT_KEYS
-from lrkd.data.schema import DataError, LabelSet
-from lrkd.decision import rule_from_dict
+from lrkd.schema import DataError, LabelSet
+from lrkd.evaluation.decision import rule_from_dict
 from lrkd.utils import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class ServingConfig:
     text_fields:  the further item-text columns training showed after the title, in order;
                   None when the checkpoint does not record them.
     perspectives: the extractor's perspective names (informative).
-    decision:     the fitted decision rule (:mod:`lrkd.decision` dict: kind, score, metric,
+    decision:     the fitted decision rule (:mod:`lrkd.evaluation.decision` dict: kind, score, metric,
                   score_values, thresholds), None for argmax; it decides ``grade``.
     """
 
@@ -54,7 +54,7 @@ class ServingConfig:
         return out
 
     def decision_rule(self):
-        """The :mod:`lrkd.decision` rule that maps probabilities to ``grade`` (ArgmaxRule by default)."""
+        """The :mod:`lrkd.evaluation.decision` rule that maps probabilities to ``grade`` (ArgmaxRule by default)."""
         return rule_from_dict(self.decision, self.label_set)
 
     @classmethod
@@ -85,6 +85,16 @@ class ServingConfig:
                    max_length=int(max_length or stored or DEFAULT_MAX_LENGTH),
                    text_fields=None if fields is None else tuple(fields),
                    perspectives=tuple(spec.get("perspectives") or ()), decision=decision)
+
+    @classmethod
+    def of_student(cls, loaded, max_length: int | None = None) -> "ServingConfig":
+        """The serving config of a student read by :func:`lrkd.student.checkpoint.load_student`: the
+        one a ``save_pretrained`` directory recorded (its tokenizer is the directory itself), else
+        from the ``.ckpt``'s hyper-parameters and fitted decision rule. ``max_length`` overrides the
+        recorded one."""
+        if loaded.serving is not None:
+            return cls.from_dict({**loaded.serving, "tokenizer": str(loaded.path)}).replace(max_length=max_length)
+        return cls.from_hparams(loaded.hparams, max_length=max_length, decision=loaded.decision)
 
     def with_decision_of(self, module) -> "ServingConfig":
         """This config with ``module``'s decision rule (a fitted tuned rule; argmax records none)."""

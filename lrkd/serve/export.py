@@ -1,6 +1,6 @@
 """Export the served student (encoder, extractor, classifier) to ONNX, and int8 dynamic
 quantization. (The ONNX Runtime scorer is :class:`lrkd.serve.scorers.OnnxScorer`; the int8 quality
-cost on chorus_icecat is :func:`lrkd.evaluation.quality.quality_cost`.)
+cost on chorus_icecat is :func:`lrkd.serve.quality.quality_cost`.)
 
 The exported graph is :class:`ServingStudent`:
 
@@ -11,7 +11,7 @@ with dynamic ``batch`` and ``sequence`` axes (TorchScript-based ``torch.onnx.exp
 gives one dense graph). Training-only parts (the latent projection P_k, the loss) are not in it.
 Beside ``model.onnx`` a sidecar ``model.json`` holds the :class:`ServingConfig` (label set,
 tokenizer, max length, text fields, and a tuned decision rule with its fitted thresholds when the
-student has one: lrkd.decision), so predict can run from the ONNX file alone and decides as the test did.
+student has one: lrkd.evaluation.decision), so predict can run from the ONNX file alone and decides as the test did.
 """
 from __future__ import annotations
 

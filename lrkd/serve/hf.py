@@ -1,19 +1,15 @@
 """The student in Hugging Face ``save_pretrained`` form, so that other tools can load it: the
 directory of :class:`lrkd.student.model.RelevanceStudent` (encoder, tokenizer, ``lrkd_head``
 weights, ``lrkd_config.json``) with the serving config recorded in it (max length, text fields,
-and the fitted decision rule when the student has a tuned one)."""
+and the fitted decision rule when the student has a tuned one). It loads, as a ``.ckpt`` does,
+with :func:`lrkd.student.checkpoint.load_student`."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 from lrkd.serve.config import ServingConfig
-from lrkd.student.model import (FORMAT_VERSION, HEAD_CONFIG, HEAD_WEIGHTS, RelevanceStudent, is_pretrained_dir,
-                                read_pretrained_config)
-
-
-def is_student_pretrained(path: str | os.PathLike) -> bool:
-    return is_pretrained_dir(path)
+from lrkd.student.model import FORMAT_VERSION, HEAD_CONFIG, HEAD_WEIGHTS
 
 
 def save_student_pretrained(model, out_dir: str | os.PathLike, *, max_length: int | None = None,
@@ -32,18 +28,4 @@ def save_student_pretrained(model, out_dir: str | os.PathLike, *, max_length: in
     return student.save_pretrained(out_dir, serving=serving.to_dict())
 
 
-def load_serving_config(path: str | os.PathLike) -> ServingConfig:
-    """The serving config of a saved student (its tokenizer is the directory itself)."""
-    path = Path(path)
-    serving = dict(read_pretrained_config(path)["serving"])
-    serving["tokenizer"] = str(path)
-    return ServingConfig.from_dict(serving)
-
-
-def load_student_pretrained(path: str | os.PathLike, map_location: str = "cpu") -> RelevanceStudent:
-    """The :class:`RelevanceStudent` (eval mode) saved in ``path``; same logits as the saved one."""
-    return RelevanceStudent.from_pretrained(path, map_location=map_location)
-
-
-__all__ = ["save_student_pretrained", "load_student_pretrained", "load_serving_config", "is_student_pretrained",
-           "HEAD_WEIGHTS", "HEAD_CONFIG", "FORMAT_VERSION"]
+__all__ = ["save_student_pretrained", "HEAD_WEIGHTS", "HEAD_CONFIG", "FORMAT_VERSION"]

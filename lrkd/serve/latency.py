@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lrkd.serve.config import ServingConfig
+from lrkd.serve.export import ServingStudent, export_onnx, quantize_int8
+
 SWITCH_PAUSE_S = 0.02  # between runners, so one runtime's spinning worker threads do not bill the next
 RUNTIMES = ("eager", "onnx", "onnx-int8")
 
@@ -43,8 +46,6 @@ class EagerRunner:
     kind = "eager"
 
     def __init__(self, name: str, module):
-        from lrkd.serve.export import ServingStudent
-
         self.name = name
         self.model = ServingStudent(module).eval()
         counts = module.parameter_counts() if hasattr(module, "parameter_counts") else {}
@@ -65,6 +66,8 @@ class OnnxRunner:
     kind = "onnx"
 
     def __init__(self, name: str, path: str | os.PathLike, threads: int | None, params: int):
+        # lazy: the scorers module loads the student model stack (transformers), which the sweeper's
+        # process (lrkd.search.latency_table imports this module) does not need to start
         from lrkd.serve.scorers import OnnxScorer
 
         self.name = name
@@ -88,9 +91,6 @@ def make_runner(name: str, student, runtime: str, workdir: str | os.PathLike, th
         return EagerRunner(name, student)
     if runtime not in RUNTIMES:
         raise ValueError(f"latency runtime {runtime!r} is not one of {RUNTIMES}")
-    from lrkd.serve.config import ServingConfig
-    from lrkd.serve.export import export_onnx, quantize_int8
-
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     config = ServingConfig(label_set=student.label_set, tokenizer=student.tokenizer_name, max_length=max_length)
     path = export_onnx(student, Path(workdir) / f"{safe}.onnx", config)

@@ -14,7 +14,7 @@ Output (CSV/TSV, JSONL or Parquet, from the output file name), one row per input
                          line), the 1-based row number in a Parquet file
     <input columns>      the input row as given (all columns, or ``keep_columns``)
     grade                predicted grade name: by the model's decision rule when it has a tuned
-                         one (``ServingConfig.decision``, lrkd.decision), else argmax over the classes
+                         one (``ServingConfig.decision``, lrkd.evaluation.decision), else argmax over the classes
     prob_<grade>         class probability p_c, one column per grade, label-set order
     expected_gain        sum_c p_c * gain_c   (the ranking score of lrkd.evaluation.metrics' nDCG)
     expected_relevance   sum_c p_c * value_c  (the label set's numeric relevance values)
@@ -23,7 +23,7 @@ Output (CSV/TSV, JSONL or Parquet, from the output file name), one row per input
 A malformed row (a CSV record with the wrong number of fields, a JSONL line that is not a JSON
 object, a missing or empty query or title) is never dropped: it is written with its line number
 and error, counted in :class:`PredictSummary`, or with ``strict=True`` stops the run with a
-:class:`~lrkd.data.schema.DataError` naming the file, line and column.
+:class:`~lrkd.schema.DataError` naming the file, line and column.
 
 The model input is built exactly as in training, by :mod:`lrkd.data.encode` (the one pair encoding):
 the query's whitespace collapsed (``query_text``), ``item_text(row, text_fields)``, and the pair
@@ -50,10 +50,11 @@ from tqdm.auto import tqdm
 
 from lrkd.data.encode import PairEncoder, is_missing, item_text, query_text, to_text
 from lrkd.data.io import InputRow, PairFile, detect_format
-from lrkd.data.schema import DataError, LabelSet
+from lrkd.schema import DataError, LabelSet
 from lrkd.serve.config import ServingConfig
 from lrkd.serve.scorers import Scorer
 from lrkd.student.encoder import load_tokenizer
+from lrkd.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +159,8 @@ class ScoreWriter:
         if clash:
             raise DataError(f"input column(s) {clash} would clash with output columns; "
                             "leave them out with --keep-columns", path=str(path), column=clash[0])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self._atomic = atomic_path(self.path)  # the output appears whole, when closed
+        self.tmp = self._atomic.open()
         if self.format == "parquet":
             fields = [pa.field("line", pa.int64())]
             for col in self.passthrough:
@@ -202,9 +203,9 @@ class ScoreWriter:
         else:
             self._file.close()
         if commit:
-            os.replace(self.tmp, self.path)
+            self._atomic.commit()
         else:
-            self.tmp.unlink(missing_ok=True)
+            self._atomic.discard()
 
 
 def _round(value):

@@ -2,8 +2,8 @@
 (:class:`TorchScorer`) or ONNX Runtime (:class:`OnnxScorer`), and loading a trained student with
 its serving config from what training or export wrote:
 
-    a ``.ckpt`` file                  a Lightning checkpoint of the student stage (lrkd.student.checkpoint)
-    a directory with lrkd_config.json the save_pretrained form (lrkd.serve.hf)
+    a ``.ckpt`` file                  a Lightning checkpoint of the student stage  } lrkd.student.checkpoint.
+    a directory with lrkd_config.json the save_pretrained form (lrkd.serve.hf)     } load_student
     an ``.onnx`` file                 an exported student (lrkd.serve.export) with its JSON sidecar
 
 Nothing here imports Lightning: scoring needs only the served model.
@@ -17,10 +17,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from lrkd.data.schema import DataError
-from lrkd.serve import hf
+from lrkd.schema import DataError
 from lrkd.serve.config import ServingConfig, read_sidecar, sidecar_path
-from lrkd.student.checkpoint import load_student_checkpoint
+from lrkd.student.checkpoint import load_student
 from lrkd.student.model import RelevanceStudent
 
 
@@ -88,16 +87,14 @@ class OnnxScorer:
         return e / e.sum(axis=-1, keepdims=True)
 
 
-def load_student(checkpoint: str | os.PathLike, max_length: int | None = None
-                 ) -> tuple[RelevanceStudent, ServingConfig]:
-    """A trained student (eval mode) and its serving config from a Lightning ``.ckpt`` (loaded
-    with ``weights_only=True``) or a ``save_pretrained`` directory. A file that is neither raises
-    a :class:`~lrkd.data.schema.DataError` that names it and says what was expected."""
-    path = Path(checkpoint)
-    if path.is_dir() and hf.is_student_pretrained(path):
-        return hf.load_student_pretrained(path), hf.load_serving_config(path).replace(max_length=max_length)
-    student, hparams, decision = load_student_checkpoint(path)
-    return student, ServingConfig.from_hparams(hparams, max_length=max_length, decision=decision)
+def load_served(checkpoint: str | os.PathLike, max_length: int | None = None
+                ) -> tuple[RelevanceStudent, ServingConfig]:
+    """A trained student (eval mode) and its serving config, from a Lightning ``.ckpt`` (loaded
+    with ``weights_only=True``) or a ``save_pretrained`` directory
+    (:func:`lrkd.student.checkpoint.load_student`). A file that is neither raises a
+    :class:`~lrkd.schema.DataError` that names it and says what was expected."""
+    loaded = load_student(checkpoint)
+    return loaded.model, ServingConfig.of_student(loaded, max_length=max_length)
 
 
 def load_scorer(checkpoint: str | os.PathLike | None = None, onnx: str | os.PathLike | None = None,
@@ -111,13 +108,13 @@ def load_scorer(checkpoint: str | os.PathLike | None = None, onnx: str | os.Path
         if sidecar_path(onnx).exists():
             config = scorer.config
         elif checkpoint is not None:
-            config = load_student(checkpoint)[1]
+            config = load_served(checkpoint)[1]
         else:
             raise DataError(f"no serving config next to the ONNX model ({sidecar_path(onnx).name}); "
                             "pass the checkpoint too", path=str(onnx))
         return scorer, config.replace(max_length=max_length)
-    student, config = load_student(checkpoint, max_length=max_length)
+    student, config = load_served(checkpoint, max_length=max_length)
     return TorchScorer(student), config
 
 
-__all__ = ["Scorer", "TorchScorer", "OnnxScorer", "load_student", "load_scorer"]
+__all__ = ["Scorer", "TorchScorer", "OnnxScorer", "load_served", "load_scorer"]

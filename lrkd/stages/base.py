@@ -37,7 +37,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig
 
 from lrkd.data.budget import gold_options, is_default as gold_is_default
-from lrkd.distributed import is_rank_zero
+from lrkd.lightning.distributed import is_rank_zero
 from lrkd.utils import plain, write_json_atomic
 
 log = logging.getLogger(__name__)

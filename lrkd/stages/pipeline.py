@@ -22,8 +22,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lrkd.distributed import is_rank_zero
+from lrkd.lightning.distributed import is_rank_zero
+from lrkd.run.jobs import METRICS_FILE, run_stage
 from lrkd.stages import get_stage
+from lrkd.utils import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ def run_pipeline(cfg: DictConfig) -> dict:
             raise ValueError(f"stage.{key} must configure the {stage} stage, got name={sub.stage.name!r}")
         log.info("pipeline: %s (%s)", key, stage)
         t0 = time.time()
-        results[key] = dict(get_stage(stage)(sub))
+        results[key] = dict(run_stage(get_stage(stage), sub))  # its W&B run ends with it
         results[key].setdefault("wall_time_s", round(time.time() - t0, 1))
         if stage == "teacher_annotate":
             artefact = results[key]["artefact"]
@@ -96,8 +98,7 @@ def run_pipeline(cfg: DictConfig) -> dict:
                "wall_time_s": round(time.time() - started, 1)}
 
     if is_rank_zero():  # under DDP / DeepSpeed every rank runs the pipeline; rank 0 writes
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+        write_text_atomic(output_dir / METRICS_FILE, json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
         lines = [f"pipeline ({summary['wall_time_s']} s) -> {output_dir / 'metrics.json'}"]
         lines += [f"  {key:<9} {'reused' if r.get('reused') else 'ran':<6} {r.get('wall_time_s', '')}"
                   for key, r in results.items()]

@@ -20,19 +20,11 @@ from omegaconf import DictConfig
 
 from lrkd.artefact import ArtefactWriter
 from lrkd.data.batch import INPUT_KEYS
-from lrkd.student.checkpoint import load_student_checkpoint
-from lrkd.student.model import RelevanceStudent, is_pretrained_dir
+from lrkd.student.checkpoint import load_student
+from lrkd.student.model import RelevanceStudent
 
 log = logging.getLogger(__name__)
 SHARD_SIZE = 1024
-
-
-def load_any_student(path: str | Path) -> RelevanceStudent:
-    """A RelevanceStudent (eval mode) from a student ``.ckpt`` or a ``save_pretrained`` directory."""
-    path = Path(str(path))
-    if path.is_dir() and is_pretrained_dir(path):
-        return RelevanceStudent.from_pretrained(path)
-    return load_student_checkpoint(path)[0]
 
 
 @torch.inference_mode()
@@ -50,7 +42,7 @@ def soft_labels(student: RelevanceStudent, loader, temperature: float = 1.0):
 
 
 def run(cfg: DictConfig) -> dict:
-    student = load_any_student(cfg.stage.checkpoint)
+    student = load_student(str(cfg.stage.checkpoint)).model
     datamodule = instantiate(cfg.data, annotations=None, with_augmented_view=False, seed=cfg.seed, _recursive_=False)
     datamodule.setup("fit")
     names = list(datamodule.spec.label_set.names)

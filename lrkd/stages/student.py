@@ -13,11 +13,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lrkd.artefact import read_manifest
-from lrkd.distributed import best_model_score, sync_loggers_after_spawned_fit
+from lrkd.lightning.distributed import best_model_score, sync_loggers_after_spawned_fit
 from lrkd.stages.base import StageRun, instantiate_group, without_logger_callbacks
 from lrkd.student.module import StudentModule
-from lrkd.sweep import apply_wandb_identity, finish_wandb, log_test_extras
-from lrkd.zero_to_fp32 import convert as zero_to_fp32, is_zero_checkpoint
+from lrkd.run.jobs import METRICS_FILE
+from lrkd.run.wandb_run import apply_wandb_identity, log_test_extras
+from lrkd.lightning.deepspeed import convert as zero_to_fp32, is_zero_checkpoint
+from lrkd.utils import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -128,45 +130,40 @@ def run_student(cfg: DictConfig) -> dict:
         lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True),
                             **{f"params/{k}": v for k, v in counts.items()}})
 
-    try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-        # the last validation's metrics: trainer.test() clears callback_metrics
-        val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if not ckpt:
-            log.warning("no best checkpoint (no validation ran?): testing the weights in memory")
-        sync_loggers_after_spawned_fit(trainer)
-        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=True)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-        if trainer.is_global_zero:
-            log_test_extras(trainer.loggers, getattr(model, "test_confusion", None), metrics,
-                            datamodule.spec.label_set.names)
-        # val/*: the last validation (for choosing presets on val, never on test)
-        result = {**val, **metrics, **{f"params/{k}": v for k, v in counts.items()},
-                  "best_checkpoint": ckpt, "wall_time_s": round(time.time() - run.started, 1)}
-        rule = model.decision_rule()
-        if rule.kind != "argmax":  # the rule test/tuned/* used: the best checkpoint's, fitted on val
-            result["decision"] = rule.to_dict()
-        if cfg.get("optimized_metric"):
-            key = cfg.optimized_metric
-            best = trainer.checkpoint_callback
-            score = best_model_score(best) if best is not None and best.monitor == key else None
-            if score is not None:
-                result["optimized_metric"] = score  # the tested checkpoint's score
-            else:
-                result["optimized_metric"] = {**val, **metrics}.get(key)
-        if trainer.is_global_zero:
-            if ckpt and is_zero_checkpoint(ckpt):  # DeepSpeed: one fp32 file for predict and export
-                result["best_checkpoint_fp32"] = str(zero_to_fp32(ckpt))
-            output_dir.mkdir(parents=True, exist_ok=True)
-            with open(output_dir / "metrics.json", "w") as f:
-                json.dump(result, f, indent=2, sort_keys=True)
-            run.record(metrics)
-            print_metrics(metrics, title=f"test metrics ({cfg.data.name}, extractor="
-                          f"{cfg.extractor._target_.rsplit('.', 1)[-1]}, loss terms {sorted(loss.active_terms)})")
-        return result
-    finally:
-        finish_wandb()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    # the last validation's metrics: trainer.test() clears callback_metrics
+    val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if not ckpt:
+        log.warning("no best checkpoint (no validation ran?): testing the weights in memory")
+    sync_loggers_after_spawned_fit(trainer)
+    trainer.test(model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=True)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    if trainer.is_global_zero:
+        log_test_extras(trainer.loggers, getattr(model, "test_confusion", None), metrics,
+                        datamodule.spec.label_set.names)
+    # val/*: the last validation (for choosing presets on val, never on test)
+    result = {**val, **metrics, **{f"params/{k}": v for k, v in counts.items()},
+              "best_checkpoint": ckpt, "wall_time_s": round(time.time() - run.started, 1)}
+    rule = model.decision_rule()
+    if rule.kind != "argmax":  # the rule test/tuned/* used: the best checkpoint's, fitted on val
+        result["decision"] = rule.to_dict()
+    if cfg.get("optimized_metric"):
+        key = cfg.optimized_metric
+        best = trainer.checkpoint_callback
+        score = best_model_score(best) if best is not None and best.monitor == key else None
+        if score is not None:
+            result["optimized_metric"] = score  # the tested checkpoint's score
+        else:
+            result["optimized_metric"] = {**val, **metrics}.get(key)
+    if trainer.is_global_zero:
+        if ckpt and is_zero_checkpoint(ckpt):  # DeepSpeed: one fp32 file for predict and export
+            result["best_checkpoint_fp32"] = str(zero_to_fp32(ckpt))
+        write_text_atomic(output_dir / METRICS_FILE, json.dumps(result, indent=2, sort_keys=True))
+        run.record(metrics)
+        print_metrics(metrics, title=f"test metrics ({cfg.data.name}, extractor="
+                      f"{cfg.extractor._target_.rsplit('.', 1)[-1]}, loss terms {sorted(loss.active_terms)})")
+    return result
 
 
 def print_metrics(metrics: dict, title: str = "metrics") -> None:

@@ -4,7 +4,7 @@ The teacher is ``stage.source``: ``dpo`` (``<work_dir>/dpo/model``), ``sft``, or
 configured teacher untouched). The pool: the pairs of ``stage.splits`` (``all`` = every pair,
 labelled or not), at most ``stage.max_pairs`` (a seeded subset). The artefact
 (:mod:`lrkd.artefact`) is ``<work_dir>/annotations/`` itself, written shard by shard by
-:func:`lrkd.teacher.annotate.annotate_pool`: a killed run, started again with the same config,
+:func:`lrkd.teacher.label.annotate.annotate_pool`: a killed run, started again with the same config,
 resumes after the last finished shard. An unfinished artefact of another fingerprint is removed.
 The student reads it with ``data.annotations=<work_dir>/annotations``.
 
@@ -21,12 +21,12 @@ from omegaconf import DictConfig
 
 from lrkd.artefact import MANIFEST_NAME, read_manifest
 from lrkd.artefact.ranks import artefact_writer
-from lrkd.distributed import Ranks, run_on_ranks
+from lrkd.lightning.distributed import Ranks, run_on_ranks
 from lrkd.stages.base import StageRun, fingerprint_config, require_finished, select_rows
 from lrkd.stages.teacher_common import MODEL_FOLDER, decoding_options, evaluate_on_test, inference_device, load_pairs
-from lrkd.teacher.annotate import SentenceEmbedder, annotate_pool
+from lrkd.teacher.label.annotate import SentenceEmbedder, annotate_pool
 from lrkd.teacher.model import inference_model
-from lrkd.teacher.module import load_trained_teacher
+from lrkd.teacher.train.module import load_trained_teacher
 from lrkd.teacher.prompts import perspectives_from_config
 from lrkd.utils import plain
 
@@ -112,5 +112,5 @@ def run_teacher_annotate(cfg: DictConfig) -> dict:
 
 
 def run(cfg: DictConfig) -> dict:
-    """The stage on every rank that ``cfg.trainer`` asks for (:func:`lrkd.distributed.run_on_ranks`)."""
+    """The stage on every rank that ``cfg.trainer`` asks for (:func:`lrkd.lightning.distributed.run_on_ranks`)."""
     return run_on_ranks(cfg, run_teacher_annotate)

@@ -1,7 +1,8 @@
-"""What the teacher_sft, teacher_dpo and teacher_annotate stages share besides their lifecycle
-(:mod:`lrkd.stages.base`): the dataset, the Lightning trainer (built
-like the student's from ``cfg.trainer``, ``cfg.callbacks`` and ``cfg.logger``, checkpoints in the
-stage folder, resumed after a kill), and the teacher's evaluation on the test split.
+"""What the teacher stages share besides their lifecycle (:mod:`lrkd.stages.base`): the dataset,
+the teacher's optimizer settings, the Lightning trainer (built like the student's from
+``cfg.trainer``, ``cfg.callbacks`` and ``cfg.logger``, checkpoints in the stage folder, resumed after
+a kill), and the teacher's evaluation on the test split. Not a stage: stages never import each
+other, they import this module and :mod:`lrkd.stages.base` (tests/test_architecture.py).
 """
 from __future__ import annotations
 
@@ -16,13 +17,12 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig
 
 from lrkd.data.sampler import make_train_loader
-from lrkd.distributed import fitted_global_step, full_parameters, is_zero3
-from lrkd.evaluation.teacher import evaluate_teacher
+from lrkd.lightning.distributed import fitted_global_step, full_parameters, is_zero3
+from lrkd.teacher.label.evaluate import evaluate_teacher
 from lrkd.stages.base import (CHECKPOINT_FOLDER, OPERATIONAL_KEYS, StageRun, finish_training, instantiate_group,
                               require_finished, select_rows, without_logger_callbacks)
-from lrkd.sweep import finish_wandb
 from lrkd.teacher.model import inference_model
-from lrkd.teacher.module import load_trained_teacher
+from lrkd.teacher.train.module import load_trained_teacher
 from lrkd.utils import plain
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,12 @@ def init_teacher(cfg: DictConfig) -> tuple[Path | None, str]:
         return None, "base"
     folder, record = require_finished(cfg, "teacher_dapt")
     return folder / MODEL_FOLDER, record["fingerprint"]
+
+
+def optimizer_config(stage: DictConfig) -> dict:
+    """The teacher's optimizer settings from its stage config (``lr``, ``weight_decay``, ``warmup_ratio``)."""
+    return {"lr": float(stage.lr), "weight_decay": float(stage.get("weight_decay", 0.0)),
+            "warmup_ratio": float(stage.get("warmup_ratio", 0.0))}
 
 
 def stage_without_defaults(cfg: DictConfig, **defaults) -> dict:
@@ -114,7 +120,7 @@ def inference_device(cfg: DictConfig) -> torch.device:
 
 
 def decoding_options(cfg: DictConfig) -> dict:
-    """The stage's greedy-labelling options for :func:`lrkd.teacher.annotate.label_pairs`:
+    """The stage's greedy-labelling options for :func:`lrkd.teacher.label.annotate.label_pairs`:
     ``{"calibrate": bool, "no_repeat_ngram_size": int}`` (off when the stage config lacks them)."""
     return {"calibrate": bool(cfg.stage.get("calibrate", False)),
             "no_repeat_ngram_size": int(cfg.stage.get("no_repeat_ngram_size", 0) or 0)}
@@ -145,13 +151,10 @@ def fit_save_and_record(cfg: DictConfig, module, data, run: StageRun, ckpt: str 
     metrics with ``reused: False``."""
     out_dir = run.out
     trainer = build_trainer(cfg, out_dir, int(cfg.stage.epochs))
-    try:
-        module.train()
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt, weights_only=True)
-        metrics.update(trained_metrics(trainer))
-        metrics["steps"] = fitted_global_step(trainer, out_dir / CHECKPOINT_FOLDER / "last.ckpt")
-    finally:
-        finish_wandb()
+    module.train()
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt, weights_only=True)
+    metrics.update(trained_metrics(trainer))
+    metrics["steps"] = fitted_global_step(trainer, out_dir / CHECKPOINT_FOLDER / "last.ckpt")
     # several ranks (DDP / DeepSpeed re-run this stage on every rank): rank 0 saves and records
     with full_parameters(trainer, module):  # ZeRO-3: the partitioned weights gathered on every rank
         if trainer.is_global_zero:

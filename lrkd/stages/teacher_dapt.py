@@ -1,7 +1,7 @@
 """The teacher_dapt stage: domain-adaptive pre-training (CRSD) of the base teacher on the platform's
 own text, before SFT.
 
-Builds the corpus (:func:`lrkd.teacher.dapt.build_corpus`: item texts, train-split queries only,
+Builds the corpus (:func:`lrkd.teacher.train.dapt.build_corpus`: item texts, train-split queries only,
 ``stage.corpus.files``), packs it into blocks of ``stage.block_size`` tokens, and continues causal-LM
 training with the teacher's LightningModule (full or LoRA, DDP/DeepSpeed, resume after a kill from
 ``dapt/checkpoints/last.ckpt``). Held-out items' perplexity and (``stage.evaluate``) the zero-shot
@@ -18,14 +18,14 @@ import time
 import numpy as np
 from omegaconf import DictConfig
 
-from lrkd.data.schema import DataError
+from lrkd.schema import DataError
 from lrkd.stages.base import StageRun, fingerprint_config
-from lrkd.stages.teacher_common import TrainLoader, evaluate_on_test, fit_save_and_record, inference_device, load_pairs
-from lrkd.stages.teacher_sft import optimizer_config
-from lrkd.teacher.dapt import (blocks_view, build_corpus, files_fingerprint, perplexity, render_documents,
+from lrkd.stages.teacher_common import (TrainLoader, evaluate_on_test, fit_save_and_record, inference_device, load_pairs,
+                                        optimizer_config)
+from lrkd.teacher.train.dapt import (blocks_view, build_corpus, files_fingerprint, perplexity, render_documents,
                                tokenize_and_pack)
-from lrkd.teacher.examples import CompletionCollator, CompletionDataset
-from lrkd.teacher.module import TeacherSFTModule
+from lrkd.teacher.train.examples import CompletionCollator, CompletionDataset
+from lrkd.teacher.train.module import TeacherSFTModule
 from lrkd.teacher.prompts import perspectives_from_config
 from lrkd.utils import plain
 

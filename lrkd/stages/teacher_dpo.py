@@ -3,8 +3,8 @@
 (``stage.pairs=reward``: ``<work_dir>/reward/pairs.jsonl`` of the teacher_reward stage).
 
 Reads ``<work_dir>/generations/`` and ``<work_dir>/sft/model/``, builds preference pairs
-(:func:`lrkd.teacher.examples.preference_pairs`, at most ``stage.max_pairs``), trains with the
-sigmoid DPO loss (:class:`lrkd.teacher.module.TeacherDPOModule`; reference = the SFT model: its
+(:func:`lrkd.teacher.train.examples.preference_pairs`, at most ``stage.max_pairs``), trains with the
+sigmoid DPO loss (:class:`lrkd.teacher.train.module.TeacherDPOModule`; reference = the SFT model: its
 adapter disabled under LoRA, else log-probs computed once before training and kept in
 ``dpo/reference_logps.npz``), and writes ``<work_dir>/dpo/``: ``model/``, ``pairs.jsonl``,
 ``stage.json``. Without any conflict sample, ``dpo/model`` stands for the SFT model unchanged.
@@ -19,17 +19,17 @@ from types import SimpleNamespace
 import numpy as np
 from omegaconf import DictConfig
 
-from lrkd.data.schema import DataError
+from lrkd.schema import DataError
 from lrkd.stages.base import StageRun, fingerprint_config, finish_training, require_finished
 from lrkd.stages.teacher_common import (MODEL_FOLDER, TrainLoader, evaluate_on_test, fit_save_and_record,
-                                        inference_device, load_pairs, stage_without_defaults)
-from lrkd.stages.teacher_reward import read_reward_pairs
-from lrkd.stages.teacher_sft import optimizer_config
-from lrkd.teacher.examples import (PreferenceCollator, PreferenceDataset, fits, preference_pairs,
+                                        inference_device, load_pairs, optimizer_config, stage_without_defaults)
+from lrkd.teacher.train.examples import (PreferenceCollator, PreferenceDataset, fits, preference_pairs,
                                    tokenize_prompt_completions, write_examples_jsonl)
-from lrkd.teacher.generate import read_generations
-from lrkd.teacher.module import TeacherDPOModule, load_trained_teacher, precompute_reference_logprobs, save_alias
+from lrkd.teacher.train.generate import read_generations
+from lrkd.teacher.train.module import TeacherDPOModule, load_trained_teacher, precompute_reference_logprobs, save_alias
 from lrkd.teacher.prompts import perspectives_from_config
+from lrkd.teacher.reward.pairs import read_reward_pairs
+from lrkd.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,8 @@ def reference_logprobs(module, dataset, pad_id: int, path: Path, fingerprint: st
             if str(z["fingerprint"]) == fingerprint and len(z["chosen"]) == len(dataset):
                 return z["chosen"], z["rejected"]
     chosen, rejected = precompute_reference_logprobs(module.model, dataset, pad_id, batch_size=batch_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, chosen=chosen, rejected=rejected, fingerprint=np.array(fingerprint))
-    tmp.replace(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would add .npz to a name
+        np.savez(f, chosen=chosen, rejected=rejected, fingerprint=np.array(fingerprint))
     return chosen, rejected
 
 

@@ -1,4 +1,4 @@
-"""The teacher_generate stage: MPCoT generation (``lrkd.teacher.generate``) on the labelled pairs of
+"""The teacher_generate stage: MPCoT generation (``lrkd.teacher.train.generate``) on the labelled pairs of
 ``stage.splits`` into ``<stage.work_dir>/generations/``, reused when up to date.
 
 The fingerprint covers the stage settings that change samples (not work_dir, nor the HTTP client's
@@ -14,11 +14,11 @@ from omegaconf import DictConfig
 from lrkd.stages import base
 from lrkd.stages.base import StageRun, select_rows
 from lrkd.stages.teacher_common import inference_device, init_teacher, load_pairs
-from lrkd.teacher.annotate import GradeScorer
-from lrkd.teacher.backends import OpenAIHTTPBackend, backend_from_config
-from lrkd.teacher.generate import format_stats_table, generate_mpcot
+from lrkd.teacher.label.annotate import GradeScorer
+from lrkd.teacher.runtime import OpenAIHTTPBackend, backend_from_config
+from lrkd.teacher.train.generate import format_stats_table, generate_mpcot
 from lrkd.teacher.model import inference_model, load_teacher, load_teacher_tokenizer
-from lrkd.teacher.module import load_trained_teacher
+from lrkd.teacher.train.module import load_trained_teacher
 from lrkd.teacher.prompts import perspectives_from_config
 from lrkd.utils import plain
 

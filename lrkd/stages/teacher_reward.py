@@ -2,8 +2,8 @@
 preference pairs from it (``teacher_dpo stage.pairs=reward``).
 
 Reads ``<work_dir>/generations/``; builds one candidate completion per (pair, sample)
-(:func:`lrkd.teacher.reward_pairs.candidates_from_generations`), scores it on the configured
-dimensions (:mod:`lrkd.teacher.rewards`), combines them (per-prompt normalised, weighted sum) and
+(:func:`lrkd.teacher.reward.pairs.candidates_from_generations`), scores it on the configured
+dimensions (:mod:`lrkd.teacher.reward.dimensions`), combines them (per-prompt normalised, weighted sum) and
 keeps best-of-n vs worst-of-n per prompt when the margin exceeds ``stage.min_margin``. With
 ``stage.learned.enabled``, a ridge head per dimension on frozen sentence embeddings (and a linear
 Bradley-Terry reward) is fitted and its held-out pair accuracy recorded; ``stage.source=learned``
@@ -14,39 +14,30 @@ dimension, ``combined``), ``pairs.jsonl`` (prompt, chosen, rejected, their score
 """
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from lrkd.data.schema import DataError
+from lrkd.schema import DataError
 from lrkd.stages.base import StageRun, fingerprint_config, require_finished
 from lrkd.stages.teacher_common import inference_device, load_pairs
-from lrkd.teacher.annotate import SentenceEmbedder
-from lrkd.teacher.generate import read_generations
+from lrkd.teacher.label.annotate import SentenceEmbedder
+from lrkd.teacher.train.generate import read_generations
 from lrkd.teacher.model import load_teacher_tokenizer
 from lrkd.teacher.prompts import perspectives_from_config
-from lrkd.teacher.reward_model import bradley_terry, cross_fitted, evaluate_ridge
-from lrkd.teacher.reward_pairs import best_worst_pairs, candidates_from_generations, combine, prompts_of
-from lrkd.teacher.rewards import score_dimensions
+from lrkd.teacher.reward.model import bradley_terry, cross_fitted, evaluate_ridge
+from lrkd.teacher.reward.pairs import (best_worst_pairs, candidates_from_generations, combine, prompts_of,
+                                      write_reward_pairs)
+from lrkd.teacher.reward.dimensions import score_dimensions
 from lrkd.utils import plain
 
 log = logging.getLogger(__name__)
 
 STAGE = "teacher_reward"
-SCORES_FILE, PAIRS_FILE = "scores.parquet", "pairs.jsonl"
+SCORES_FILE = "scores.parquet"
 SOURCES = ("rules", "learned")
-
-
-def read_reward_pairs(folder) -> list[dict]:
-    """The pairs of a finished teacher_reward stage (``pairs.jsonl``), largest margin first."""
-    path = folder / PAIRS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: re-run `python train.py stage=teacher_reward`")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _learned(cfg: DictConfig, candidates, scores: dict, groups, dims, weights, seed: int):
@@ -121,9 +112,7 @@ def run_teacher_reward(cfg: DictConfig) -> dict:
     out = run.out
     out.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out / SCORES_FILE, index=False)
-    with open(out / PAIRS_FILE, "w", encoding="utf-8") as f:
-        for p in pairs:
-            f.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
+    write_reward_pairs(out, pairs)
     margins = [p.margin for p in pairs]
     metrics.update({"prompts": counts["prompts"], "pairs": len(pairs), "dropped_ties": counts["ties"],
                     "dropped_below_margin": counts["below_margin"],

@@ -2,7 +2,7 @@
 on val, scores itself on test and writes the student's artefact.
 
 1. **Read** (expensive, resumable): every pair of ``stage.splits`` not yet read, with
-   :func:`lrkd.teacher.score_pool.score_pairs` (``stage.workers`` processes), into
+   :func:`lrkd.teacher.label.score_pool.score_pairs` (``stage.workers`` processes), into
    ``<work_dir>/reads/``. Readings depend only on the teacher, the prompt settings and the pair, so
    adding pairs (a bigger pool) reads only the new ones.
 2. **Finalize** (seconds, every run): fit the calibration on the val readings, measure the teacher
@@ -13,14 +13,33 @@ on val, scores itself on test and writes the student's artefact.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import torch
 from omegaconf import DictConfig
 
+from lrkd.artefact import ArtefactWriter
+from lrkd.evaluation.metrics import RelevanceMetrics
+from lrkd.data.encode import item_text
+from lrkd.schema import text_fields
 from lrkd.stages.base import StageRun, select_rows, stage_folder
 from lrkd.stages.teacher_common import load_pairs
-from lrkd.utils import plain
+from lrkd.teacher.label.calibration import (OrdinalCalibration, expected_calibration_error, judgement_score,
+                                            raw_grade_probs)
+from lrkd.teacher.label.panel import (ANSWER_PREFIX, PanelReader, choose_bank, choose_examples, panel_prompt,
+                                      questions_from_config, score_names)
+from lrkd.teacher.label.readers import JudgementReader, RationaleReader, prompts_for_rows
+from lrkd.teacher.label.score_pool import EXECUTION_KEY, iter_reads, score_pairs
+from lrkd.teacher.model import llama_cpp_source
+from lrkd.teacher.prompts import JUDGE_ANSWERS, JUDGE_INSTRUCTION, JUDGE_PREFIX, perspectives_from_config
+from lrkd.teacher.runtime.engines import resolve_engine
+from lrkd.teacher.runtime.llama_cpp import gguf_embedding_dim
+from lrkd.teacher.tokens import answer_token_ids
+from lrkd.utils import atomic_path, plain
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +50,6 @@ ARTEFACT_FOLDER = "score_annotations"
 
 def reads_folder(cfg: DictConfig):
     """``stage.reads_dir``, or ``<work_dir>/reads``."""
-    from pathlib import Path
-
     if cfg.stage.get("reads_dir"):
         return Path(str(cfg.stage.reads_dir)).expanduser()
     return stage_folder(cfg, READS_FOLDER)
@@ -52,20 +69,15 @@ def pca_projection(latents: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarra
 
 def reading_settings(cfg: DictConfig, gguf: str) -> dict:
     """What a reading depends on (a part written under other settings is not resumed)."""
-    import os
-
-    from lrkd.teacher.prompts import JUDGE_ANSWERS, JUDGE_INSTRUCTION, JUDGE_PREFIX
-
     return {"gguf": os.path.basename(gguf), "gguf_bytes": os.path.getsize(gguf), "teacher": str(cfg.teacher.name),
             "max_item_words": cfg.stage.get("max_item_words"), "instruction": JUDGE_INSTRUCTION,
-            "prefix": JUDGE_PREFIX, "answers": list(JUDGE_ANSWERS), "n_batch": int(cfg.teacher.llama_cpp.n_batch)}
+            "prefix": JUDGE_PREFIX, "answers": list(JUDGE_ANSWERS), "n_batch": int(cfg.teacher.llama_cpp.n_batch),
+            EXECUTION_KEY: {"engine": resolve_engine(str(cfg.teacher.llama_cpp.get("engine", "cyllama")), gguf),
+                            "n_seq": int(cfg.teacher.llama_cpp.get("n_seq", 1))}}
 
 
 def read_splits(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
     """Step 1: read every pair of ``stage.splits`` (in that order) not read yet."""
-    from lrkd.teacher.prompts import JUDGE_ANSWERS, JUDGE_PREFIX
-    from lrkd.teacher.score_pool import JudgementReader, answer_token_ids, prompts_for_rows, score_pairs
-
     rows = np.concatenate([select_rows(dm.frame, dm.splits, [s], cfg.stage.get("max_pairs"), int(cfg.seed))
                            for s in plain(cfg.stage.splits)])
     prompts = prompts_for_rows(tokenizer, dm.frame, rows, cfg.stage.get("max_item_words"))
@@ -74,11 +86,8 @@ def read_splits(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
     manifest = {"teacher_id": f"{cfg.teacher.name} (llama.cpp, {settings['gguf']})", "perspectives": ["decision"],
                 "label_names": list(JUDGE_ANSWERS), "vector_dim": 0, "dataset_fingerprint": "readings",
                 "extra": settings}
-    from lrkd.teacher.llama_cpp import gguf_embedding_dim
-
     manifest["vector_dim"] = gguf_embedding_dim(gguf)
-    runtime = {k: int(v) for k, v in plain(cfg.teacher.llama_cpp).items()}
-    return score_pairs(prompts, gguf=gguf, runtime=runtime, reads_dir=reads_folder(cfg),
+    return score_pairs(prompts, gguf=gguf, runtime=plain(cfg.teacher.llama_cpp), reads_dir=reads_folder(cfg),
                        manifest=manifest, reader=JudgementReader(prefix_ids, answer_ids),
                        workers=int(cfg.stage.workers), shard_size=int(cfg.stage.shard_size))
 
@@ -98,12 +107,8 @@ def rationale_rows(cfg: DictConfig, dm) -> np.ndarray:
 
 
 def write_rationales(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
-    """Step 1b: multi-perspective rationales (:class:`lrkd.teacher.score_pool.RationaleReader`) for
+    """Step 1b: multi-perspective rationales (:class:`lrkd.teacher.label.score_pool.RationaleReader`) for
     :func:`rationale_rows`, into ``<reads>/rationales/`` (resumable like the readings)."""
-    from lrkd.teacher.llama_cpp import gguf_embedding_dim
-    from lrkd.teacher.prompts import perspectives_from_config
-    from lrkd.teacher.score_pool import RationaleReader, prompts_for_rows, score_pairs
-
     rows = rationale_rows(cfg, dm)
     if not len(rows):
         return {"written": 0, "seconds": 0.0}
@@ -120,15 +125,55 @@ def write_rationales(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
                 "extra": settings}
     reader = RationaleReader(tokenizer.name_or_path, perspectives, grades, int(spec.max_new_tokens),
                              int(spec.no_repeat_ngram_size))
-    runtime = {k: int(v) for k, v in plain(cfg.teacher.llama_cpp).items()}
-    return score_pairs(prompts, gguf=gguf, runtime=runtime, reads_dir=reads_folder(cfg) / "rationales",
+    return score_pairs(prompts, gguf=gguf, runtime=plain(cfg.teacher.llama_cpp),
+                       reads_dir=reads_folder(cfg) / "rationales",
                        manifest=manifest, reader=reader, workers=int(cfg.stage.workers),
                        shard_size=int(spec.get("shard_size", 8)))
 
 
-def run(cfg: DictConfig) -> dict:
-    from lrkd.teacher.model import llama_cpp_source
+def panel_bank(cfg: DictConfig, dm) -> list[str]:
+    """The few-shot bank: ``data.split.train_only`` when set, else chosen from the train split."""
+    given = cfg.data.get("split", {}).get("train_only")
+    if given:
+        return [str(q) for q in given]
+    spec = cfg.stage.panel
+    return choose_bank(dm.frame, dm.splits["train"], int(dm.label_set.relevant_up_to), int(spec.get("bank_size", 8)),
+                       int(cfg.seed))
 
+
+def read_panel(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
+    """Step 1c: the judgement panel (:mod:`lrkd.teacher.label.panel`) of every pair of ``stage.splits``
+    (and the pool), into ``<reads>/<stage.panel.name>/`` (resumable like the readings)."""
+    spec = cfg.stage.panel
+    questions = questions_from_config(plain(spec.get("questions")))
+    k = int(spec.get("k", 0))
+    words = spec.get("max_item_words", cfg.stage.get("max_item_words"))
+    bank = panel_bank(cfg, dm) if k else []
+    examples = choose_examples(dm.frame, dm.splits["train"], bank, k, int(dm.label_set.relevant_up_to), int(cfg.seed))
+    first_half = set(bank[:len(bank) // 2])
+    rows = np.concatenate([select_rows(dm.frame, dm.splits, [s], cfg.stage.get("max_pairs"), int(cfg.seed))
+                           for s in plain(cfg.stage.splits)])
+    fields = text_fields(dm.frame)
+    records = dm.frame.iloc[rows].to_dict("records")
+    prompts = [panel_prompt(tokenizer, r["query_id"], r["item_id"], r["query"], item_text(r, fields), questions,
+                            examples[1] if str(r["query_id"]) in first_half else examples[0], words)
+               for r in records]
+    answer_ids = [answer_token_ids(tokenizer, ANSWER_PREFIX, q.answers)[1] for q in questions]
+    settings = {**reading_settings(cfg, gguf), "prompt": "panel", "max_item_words": words, "k": k, "bank": bank,
+                "examples": [[(e.query_id, e.item[:40], e.relevant) for e in s] for s in examples],
+                "questions": [(q.name, q.text, list(q.answers)) for q in questions]}
+    manifest = {"teacher_id": f"{cfg.teacher.name} (llama.cpp, judgement panel k={k})",
+                "perspectives": ["decision"], "label_names": list(questions[0].answers),
+                "vector_dim": gguf_embedding_dim(gguf), "dataset_fingerprint": "readings", "extra": settings}
+    result = score_pairs(prompts, gguf=gguf, runtime=plain(cfg.teacher.llama_cpp),
+                         reads_dir=reads_folder(cfg) / str(spec.name), manifest=manifest,
+                         reader=PanelReader(questions, answer_ids), workers=int(cfg.stage.workers),
+                         shard_size=int(cfg.stage.shard_size))
+    result["scores"] = score_names(questions)
+    return result
+
+
+def run(cfg: DictConfig) -> dict:
     started = time.time()
     if str(cfg.teacher.get("runtime", "transformers")) != "llama_cpp":
         raise ValueError(f"stage=teacher_score runs a llama.cpp teacher (teacher.runtime=llama_cpp, e.g. "
@@ -138,6 +183,12 @@ def run(cfg: DictConfig) -> dict:
     if not cfg.stage.get("read", True):  # finalize what is read so far (e.g. a partial pool)
         return finalize(cfg, dm, started, {"written": 0, "seconds": 0.0})
     gguf, tokenizer = llama_cpp_source(cfg.teacher)
+    if cfg.stage.get("panel"):
+        panel = read_panel(cfg, dm, tokenizer, gguf)
+        log.info("teacher_score: panel %s read %d pairs in %.0f s", cfg.stage.panel.name, panel["written"],
+                 panel["seconds"])
+        if cfg.stage.get("read_only", False):
+            return {"read": panel["written"], "reused": False}
     reading = read_splits(cfg, dm, tokenizer, gguf)
     log.info("teacher_score: read %d pairs in %.0f s", reading["written"], reading["seconds"])
     rationales = write_rationales(cfg, dm, tokenizer, gguf)
@@ -153,12 +204,6 @@ def run(cfg: DictConfig) -> dict:
 def teacher_metrics(probs: np.ndarray, frame, rows: np.ndarray, label_set, n_bins: int) -> dict:
     """macro-F1, QWK, AUC, nDCG@10, accuracy (:class:`lrkd.evaluation.metrics.RelevanceMetrics`) and ECE of
     soft labels ``probs`` [n, C] on the labelled dataset ``rows``."""
-    import pandas as pd
-    import torch
-
-    from lrkd.evaluation.metrics import RelevanceMetrics
-    from lrkd.teacher.calibration import expected_calibration_error
-
     labels = frame["label"].to_numpy()[rows]
     metrics = RelevanceMetrics(label_set, prefix="")
     metrics.update(torch.as_tensor(probs, dtype=torch.float32), torch.as_tensor(labels, dtype=torch.long),
@@ -172,15 +217,6 @@ def teacher_metrics(probs: np.ndarray, frame, rows: np.ndarray, label_set, n_bin
 
 def finalize(cfg: DictConfig, dm, started: float, reading: dict) -> dict:
     """Step 2 (see the module docstring); returns the stage metrics."""
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    from lrkd.artefact import ArtefactWriter
-    from lrkd.teacher.calibration import OrdinalCalibration, judgement_score, raw_grade_probs
-    from lrkd.teacher.prompts import perspectives_from_config
-    from lrkd.teacher.score_pool import iter_reads
-
     reads = iter_reads(reads_folder(cfg))
     written = iter_reads(reads_folder(cfg) / "rationales")
     texts = {}
@@ -240,9 +276,7 @@ def finalize(cfg: DictConfig, dm, started: float, reading: dict) -> dict:
         decision = (decision - mean) @ components
         metrics["latent_pca"] = {"dim": int(components.shape[1]), "explained_variance": explained}
     out = stage_folder(cfg, ARTEFACT_FOLDER)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:  # the stage is recorded in tmp, renamed onto out when finished
+    with atomic_path(out, directory=True) as tmp:  # the stage is recorded in tmp, renamed onto out when finished
         run = StageRun(cfg, STAGE, tmp, {"calibration": metrics["calibration"], "pool": len(pool),
                                          "latent_dim": latent_dim, "teacher": str(cfg.teacher.name)}, [dm.fingerprint])
         run.started, fingerprint = started, run.fingerprint
@@ -266,12 +300,6 @@ def finalize(cfg: DictConfig, dm, started: float, reading: dict) -> dict:
         metrics["artefact_pairs"] = int(len(pool))
         metrics["rationale_pairs"] = int(sum(keys[r] in texts for r in pool))
         run.record(metrics)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     log.info("teacher_score: artefact of %d pairs in %s; teacher on test: %s", len(pool), out,
              metrics.get("test/calibrated"))
     return {**metrics, "artefact": str(out), "reused": False}

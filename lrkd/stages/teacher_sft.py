@@ -1,10 +1,10 @@
 """The teacher_sft stage: supervised fine-tuning of the teacher on its kept MPCoT rationales.
 
 Reads ``<work_dir>/generations/`` (teacher_generate), builds the SFT examples
-(:func:`lrkd.teacher.examples.sft_examples`), fine-tunes the base teacher (or, with
+(:func:`lrkd.teacher.train.examples.sft_examples`), fine-tunes the base teacher (or, with
 ``stage.init_from=dapt``, the teacher_dapt model) (full, or a LoRA adapter
 when ``teacher.lora`` is set) with a Lightning trainer, and writes ``<work_dir>/sft/``:
-``model/`` (the trained teacher, :func:`lrkd.teacher.module.save_teacher`), ``examples.jsonl``,
+``model/`` (the trained teacher, :func:`lrkd.teacher.train.module.save_teacher`), ``examples.jsonl``,
 ``stage.json``. Reused when its fingerprint (this config, the generations and the dataset) is
 unchanged; a killed run resumes from ``sft/checkpoints/last.ckpt``.
 """
@@ -14,24 +14,19 @@ import logging
 
 from omegaconf import DictConfig
 
-from lrkd.data.schema import DataError
+from lrkd.schema import DataError
 from lrkd.stages.base import StageRun, fingerprint_config, require_finished
 from lrkd.stages.teacher_common import (TrainLoader, evaluate_on_test, fit_save_and_record, init_teacher, load_pairs,
-                                        stage_without_defaults)
-from lrkd.teacher.examples import (CompletionCollator, CompletionDataset, fits, sft_examples,
+                                        optimizer_config, stage_without_defaults)
+from lrkd.teacher.train.examples import (CompletionCollator, CompletionDataset, fits, sft_examples,
                                    tokenize_prompt_completions, write_examples_jsonl)
-from lrkd.teacher.generate import read_generations
-from lrkd.teacher.module import TeacherSFTModule
+from lrkd.teacher.train.generate import read_generations
+from lrkd.teacher.train.module import TeacherSFTModule
 from lrkd.teacher.prompts import perspectives_from_config
 
 log = logging.getLogger(__name__)
 
 STAGE = "teacher_sft"
-
-
-def optimizer_config(stage: DictConfig) -> dict:
-    return {"lr": float(stage.lr), "weight_decay": float(stage.get("weight_decay", 0.0)),
-            "warmup_ratio": float(stage.get("warmup_ratio", 0.0))}
 
 
 def run_teacher_sft(cfg: DictConfig) -> dict:

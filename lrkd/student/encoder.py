@@ -1,6 +1,6 @@
 """The student's encoder f and the pooling of its token states: :func:`load_encoder` (a Hugging Face
 encoder from a hub id, a local directory, a packaged offline copy, or a config dict; shared with the
-data pool's retriever and the teacher's sentence embedder, so it lives in :mod:`lrkd.models`),
+data pool's retriever and the teacher's sentence embedder, so it lives in :mod:`lrkd.encoders`),
 :func:`pool`, :func:`match_features` and :func:`pooled_dim`.
 
 The encoder returned here is the bare transformer (``AutoModel``): its ``last_hidden_state``
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lrkd.models import check_token_states, load_encoder, load_tokenizer, masked_mean, pool
+from lrkd.encoders import check_token_states, load_encoder, load_tokenizer, mean_over_tokens, pool
 
 POOLING_MODES = ("mean", "cls", "match")  # "match": see match_features (needs token types)
 
@@ -35,8 +35,8 @@ def match_features(hidden: Tensor, attention_mask: Tensor, token_type_ids: Tenso
     m = attention_mask.to(hidden.dtype)
     query_side = m * (token_type_ids == 0).to(hidden.dtype)
     item_side = m * (token_type_ids != 0).to(hidden.dtype)
-    u = nn.functional.normalize(masked_mean(hidden, query_side), dim=-1)
-    v = nn.functional.normalize(masked_mean(hidden, item_side), dim=-1)
+    u = nn.functional.normalize(mean_over_tokens(hidden, query_side), dim=-1)
+    v = nn.functional.normalize(mean_over_tokens(hidden, item_side), dim=-1)
     return torch.cat([u * v, (u - v).abs(), (u * v).sum(-1, keepdim=True)], dim=-1)
 
 
@@ -50,4 +50,4 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["load_encoder", "load_tokenizer", "pool", "match_features", "pooled_dim", "masked_mean", "count_parameters", "POOLING_MODES"]
+__all__ = ["load_encoder", "load_tokenizer", "pool", "match_features", "pooled_dim", "mean_over_tokens", "count_parameters", "POOLING_MODES"]

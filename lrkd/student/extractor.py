@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lrkd.student.encoder import masked_mean
+from lrkd.student.encoder import mean_over_tokens
 
 
 class LatentExtractor(nn.Module):
@@ -123,7 +123,7 @@ class MLPExtractor(LatentExtractor):
 
     def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
         self._check_inputs(hidden, attention_mask)
-        mean = masked_mean(hidden, attention_mask)                              # [B, Hd]
+        mean = mean_over_tokens(hidden, attention_mask)                              # [B, Hd]
         inner = self.dropout(self.activation(self.inner(mean)))                 # [B, K*M]
         inner = inner.view(-1, self.num_perspectives, self.mlp_hidden)          # [B, K, M]
         return torch.einsum("bkm,kmd->bkd", inner, self.outer_weight) + self.outer_bias
@@ -259,7 +259,7 @@ class GATExtractor(LatentExtractor):
 
     def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
         self._check_inputs(hidden, attention_mask)
-        nodes = self.perspective_embedding.weight + masked_mean(hidden, attention_mask)[:, None]
+        nodes = self.perspective_embedding.weight + mean_over_tokens(hidden, attention_mask)[:, None]
         for layer in self.layers:
             nodes = layer(hidden, attention_mask, nodes)                        # [B, K, Hd]
         return self.proj(nodes)

@@ -35,7 +35,7 @@ from hydra.utils import instantiate
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lrkd.data.schema import DataError, LabelSet
+from lrkd.schema import DataError, LabelSet
 from lrkd.student.encoder import count_parameters, load_encoder, load_tokenizer, match_features, pool, pooled_dim
 from lrkd.student.prune import prune_encoder
 from lrkd.utils import plain, write_json_atomic

@@ -11,11 +11,11 @@ Built from plain config dicts (so a checkpoint's hyper-parameters load with ``we
     optimizer: conf/optimizer/*.yaml (a partial optimizer, ``_target_`` + its arguments, plus
                ``head_lr``; or the older plain {lr, head_lr, weight_decay, warmup_ratio, betas, eps})
     scheduler: conf/scheduler/*.yaml (a partial called with (optimizer, total_steps)); None: a
-               linear warm-up over 10 % of the steps (lrkd.optim)
+               linear warm-up over 10 % of the steps (lrkd.lightning.optim)
     data_spec: DataSpec.to_dict() of the data module (grades, perspectives, latent dim, ...), plus
                ``train_class_counts`` [C] (gold label counts of the train split, for
                ``class_weight: balanced`` loss terms), ``max_length`` and ``text_fields``
-    decision:  conf/decision/*.yaml   (``kind: argmax`` (default) | ``thresholds``; lrkd.decision)
+    decision:  conf/decision/*.yaml   (``kind: argmax`` (default) | ``thresholds``; lrkd.evaluation.decision)
 
 With ``decision.kind: thresholds`` the module keeps the labelled val probabilities of each
 validation epoch, fits the rule on them at the epoch end and logs ``val/tuned/<metric>`` (accuracy,
@@ -35,11 +35,11 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lrkd.data.batch import AUG_PREFIX, INPUT_KEYS
-from lrkd.decision import ArgmaxRule, rule_from_dict
+from lrkd.evaluation.decision import ArgmaxRule, rule_from_dict
 from lrkd.evaluation.metrics import PredictionStore, RelevanceMetrics, decision_metrics
 from lrkd.losses import NonFiniteLossError
-from lrkd.optim import configure, total_training_steps
-from lrkd.student.checkpoint import DECISION_CHECKPOINT_KEY, upgrade_state_dict
+from lrkd.lightning.optim import configure, total_training_steps
+from lrkd.student.checkpoint import DECISION_CHECKPOINT_KEY, upgrade_state_dict, upgrade_targets
 from lrkd.student.encoder import count_parameters
 from lrkd.student.model import RelevanceStudent
 from lrkd.utils import plain
@@ -76,8 +76,9 @@ class StudentModule(L.LightningModule):
     def __init__(self, encoder: dict, extractor: dict, loss: dict, optimizer: dict, data_spec: dict,
                  decision: dict | None = None, scheduler: dict | None = None):
         super().__init__()
-        encoder, extractor, loss, optimizer, data_spec, decision, scheduler = map(
-            plain, (encoder, extractor, loss, optimizer, data_spec, decision, scheduler))
+        # plain containers; dotted paths of moved modules (an older checkpoint's) under their new names
+        encoder, extractor, loss, optimizer, data_spec, decision, scheduler = (
+            upgrade_targets(plain(x)) for x in (encoder, extractor, loss, optimizer, data_spec, decision, scheduler))
         hparams = {"encoder": encoder, "extractor": extractor, "loss": loss, "optimizer": optimizer,
                    "data_spec": data_spec}
         if decision is not None:
@@ -110,7 +111,7 @@ class StudentModule(L.LightningModule):
         # the eval loss as a torchmetrics mean: exact over DDP ranks that hold different row counts
         # (self.log(..., sync_dist=True) averages the ranks' integer row counts with an integer division)
         self.eval_loss = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
-        # the decision rule (lrkd.decision): argmax keeps no state; a tuned rule stores the eval rows
+        # the decision rule (lrkd.evaluation.decision): argmax keeps no state; a tuned rule stores the eval rows
         self._decision = rule_from_dict(decision, self.label_set)
         self.eval_store = None
         if not isinstance(self._decision, ArgmaxRule):
@@ -223,7 +224,7 @@ class StudentModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------- decision
     def decision_rule(self):
-        """The current decision rule (lrkd.decision): ArgmaxRule, or a ThresholdRule (fitted on the
+        """The current decision rule (lrkd.evaluation.decision): ArgmaxRule, or a ThresholdRule (fitted on the
         last validation epoch, or restored from a checkpoint)."""
         return self._decision
 
@@ -256,12 +257,12 @@ class StudentModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------- optimizer
     def _total_training_steps(self) -> int:
-        """Optimizer steps of the whole fit, for the LR schedule (:func:`lrkd.optim.total_training_steps`)."""
+        """Optimizer steps of the whole fit, for the LR schedule (:func:`lrkd.lightning.optim.total_training_steps`)."""
         return total_training_steps(self.trainer)
 
     def configure_optimizers(self):
         """The ``optimizer`` partial over parameter groups (the encoder at ``lr``, the heads at
-        ``head_lr``; lrkd.optim) and the ``scheduler`` partial, stepped every optimizer step."""
+        ``head_lr``; lrkd.lightning.optim) and the ``scheduler`` partial, stepped every optimizer step."""
         def lr_of(name: str, extra: dict) -> float | None:
             return None if name.startswith("student.encoder.") else extra.get("head_lr")
 

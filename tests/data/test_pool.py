@@ -7,7 +7,7 @@ import pytest
 
 from lrkd.data.datamodule import RelevanceDataModule
 from lrkd.data.pool import build_pool, load_catalogue, pool_options, top_k
-from lrkd.data.schema import UNLABELLED, LabelSet, dataset_fingerprint
+from lrkd.schema import UNLABELLED, LabelSet, dataset_fingerprint
 from lrkd.data.sources import ChorusIcecatSource
 from lrkd.data.splits import split_by_query
 from lrkd.data.encode import item_text

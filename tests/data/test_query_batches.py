@@ -96,7 +96,7 @@ def test_loader_skips_the_batches_the_checkpointed_run_trained_on():
         query_index, rows = q, np.arange(len(q))
 
     options = {"queries_per_batch": 2, "items_per_query": None}
-    # a trainer restored mid-epoch 2 after 3 batches (what lrkd.compat.batches_done_this_epoch reads)
+    # a trainer restored mid-epoch 2 after 3 batches (what lrkd.lightning.compat.batches_done_this_epoch reads)
     progress = SimpleNamespace(current=SimpleNamespace(processed=3))
     trainer = SimpleNamespace(world_size=1, current_epoch=2,
                               fit_loop=SimpleNamespace(restarting=True, epoch_loop=SimpleNamespace(batch_progress=progress)))

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lrkd.data.schema import DataError, LabelSet, dataset_fingerprint
+from lrkd.schema import DataError, LabelSet, dataset_fingerprint
 from lrkd.data.sources import (ChorusIcecatSource, HomeDepotSource, TableSource, bin_relevance,
                                item_id_for, normalise_query, query_id_for)
 

@@ -6,7 +6,7 @@ from transformers import AutoTokenizer
 from lrkd.data import tokenize as tk
 from lrkd.data.encode import field_title, item_text
 from lrkd.data.tokenize import TokenizedView, tokenize_augmented, tokenize_standard
-from lrkd.models import resolve_model_path
+from lrkd.encoders import resolve_model_path
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.lrkd_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from lrkd.artefact import load_artefact
+from lrkd.student.checkpoint import load_student
 from lrkd.student.model import RelevanceStudent
 from tests.test_sweep import TINY, FakeLauncher, run_train
 
@@ -152,7 +153,7 @@ def test_student_arch_sweep_end_to_end(tmp_path, token_cache):
     best = done["quality"].max()
     assert pick["quality"] >= best - 0.01 * abs(best)
     assert pick["latency_ms"] == done[done["quality"] >= best - 0.01 * abs(best)]["latency_ms"].min()
-    loaded = RelevanceStudent.from_pretrained(sweep / "chosen_student")
+    loaded = load_student(sweep / "chosen_student").model
     enc = loaded.encoder.config
     assert enc.num_hidden_layers == int(pick["student.prune.num_layers"])
     assert enc.intermediate_size == int(pick["student.prune.intermediate_size"])

@@ -20,7 +20,7 @@ def tiny_student(extractor: str = "mlp", seed: int = 0, logit_scale: float = 5.0
     uniform and move with the input (a wrong input format then shows in them)."""
     from omegaconf import OmegaConf
 
-    from lrkd.data.schema import DataSpec, LabelSet
+    from lrkd.schema import DataSpec, LabelSet
     from lrkd.student.module import StudentModule
 
     torch.manual_seed(seed)
@@ -68,6 +68,6 @@ def reference_probs(module, tokenizer, query: str, item: str, max_length: int = 
 def load_minilm_tokenizer():
     from transformers import AutoTokenizer
 
-    from lrkd.models import resolve_model_path
+    from lrkd.encoders import resolve_model_path
 
     return AutoTokenizer.from_pretrained(resolve_model_path(MINILM))

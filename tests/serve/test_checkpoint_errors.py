@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lrkd.data.schema import DataError
-from lrkd.serve.scorers import load_scorer, load_student
+from lrkd.schema import DataError
+from lrkd.serve.scorers import load_scorer, load_served
 from lrkd.student.checkpoint import CheckpointError
 
 LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "legacy" / "student.ckpt"
@@ -44,7 +44,7 @@ def _check(message: str, path: Path) -> None:
 def test_every_bad_checkpoint_gets_a_clear_error(tmp_path):
     for kind, path in _bad_files(tmp_path).items():
         with pytest.raises(CheckpointError) as err:
-            load_student(path)
+            load_served(path)
         _check(str(err.value), path)
         assert isinstance(err.value, DataError), kind
 
@@ -55,7 +55,7 @@ def test_weights_that_do_not_fit_the_recorded_student(tmp_path):
     path = tmp_path / "partial.ckpt"
     torch.save(raw, path)
     with pytest.raises(CheckpointError, match="do not fit") as err:
-        load_student(path)
+        load_served(path)
     _check(str(err.value), path)
 
 
@@ -64,7 +64,7 @@ def test_a_missing_file_and_a_foreign_directory(tmp_path):
         load_scorer(checkpoint=tmp_path / "nope.ckpt")
     (tmp_path / "dir").mkdir()
     with pytest.raises(CheckpointError, match="a directory"):
-        load_student(tmp_path / "dir")
+        load_served(tmp_path / "dir")
 
 
 def test_predict_and_export_commands_report_it_and_exit_2(tmp_path, capsys):
@@ -83,5 +83,5 @@ def test_predict_and_export_commands_report_it_and_exit_2(tmp_path, capsys):
 def test_the_legacy_checkpoint_copy_still_loads(tmp_path):
     path = tmp_path / "copy.ckpt"
     shutil.copy(LEGACY, path)
-    student, config = load_student(path)
+    student, config = load_served(path)
     assert config.label_set.num_classes == 4 and not student.training

@@ -11,8 +11,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from lrkd.decision import ThresholdRule
-from lrkd.serve.scorers import load_student
+from lrkd.evaluation.decision import ThresholdRule
+from lrkd.serve.scorers import load_served
 from lrkd.student.module import DECISION_CHECKPOINT_KEY
 from tests.serve import LABELS, load_minilm_tokenizer, reference_probs, tiny_student
 from tests.serve.test_predict import CSV_GOOD, CSV_TEXT
@@ -70,7 +70,7 @@ def test_the_rule_is_fitted_on_val_saved_in_the_checkpoint_and_used_unchanged_at
     preds = torch.from_numpy(ThresholdRule(**{k: v for k, v in saved.items() if k != "kind"}).decide(probs.numpy()))
     expected = decision_metrics(preds, labels, module.label_set, "test/tuned/")
     assert test["test/tuned/qwk"] == pytest.approx(float(expected["test/tuned/qwk"]), abs=1e-6)
-    loaded, config = load_student(ckpt)
+    loaded, config = load_served(ckpt)
     assert config.decision == saved and config.decision_rule().to_dict() == saved  # the served model decides by it
 
 
@@ -82,7 +82,7 @@ def test_argmax_default_keeps_no_rule_and_logs_no_tuned_metrics(tmp_path):
     ckpt, val, test = _fit_and_test(module, tmp_path, monitor="val/macro_f1")
     assert not [k for k in {**val, **test} if "tuned" in k]
     assert DECISION_CHECKPOINT_KEY not in torch.load(ckpt, weights_only=True, map_location="cpu")
-    assert load_student(ckpt)[1].decision is None
+    assert load_served(ckpt)[1].decision is None
 
 
 def test_predict_onnx_and_save_pretrained_give_the_grades_of_the_saved_rule(tuned, tmp_path):

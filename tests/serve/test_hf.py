@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from lrkd.serve.hf import (HEAD_CONFIG, HEAD_WEIGHTS, load_serving_config, load_student_pretrained,
-                           save_student_pretrained)
+from lrkd.serve.hf import HEAD_CONFIG, HEAD_WEIGHTS, save_student_pretrained
 from lrkd.serve.config import DEFAULT_MAX_LENGTH, ServingConfig
 from lrkd.serve.scorers import load_scorer
+from lrkd.student.checkpoint import load_student
 from tests.serve import LABELS, MINILM, fit_and_save, tiny_student
 
 
@@ -32,7 +32,7 @@ def test_save_and_load_pretrained_round_trip_gives_identical_logits(tmp_path, ex
     assert {"config.json", "model.safetensors", HEAD_WEIGHTS, HEAD_CONFIG, "tokenizer.json"} <= names
     assert not any(n.endswith((".bin", ".pt", ".ckpt")) for n in names)
 
-    loaded = load_student_pretrained(out)
+    loaded = load_student(out).model
     assert not loaded.training
     ids, mask, types = _inputs()
     with torch.no_grad():
@@ -44,7 +44,7 @@ def test_save_and_load_pretrained_round_trip_gives_identical_logits(tmp_path, ex
     config = json.loads((out / HEAD_CONFIG).read_text())
     assert config["extractor"]["_target_"].endswith(type(module.student.extractor).__name__)
     assert config["label_set"]["names"] == LABELS["names"] and config["pooling"] == "mean"
-    serving = load_serving_config(out)
+    serving = ServingConfig.of_student(load_student(out))
     assert serving.tokenizer == str(out) and serving.max_length == 96 and serving.text_fields == ("brand",)
     assert serving.label_set.values == tuple(LABELS["values"])
 

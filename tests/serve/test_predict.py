@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lrkd.data.schema import DataError
+from lrkd.schema import DataError
 from lrkd.data.io import PairFile
 from lrkd.serve.config import ServingConfig
 from lrkd.serve.predict import predict_file
@@ -31,7 +31,7 @@ CSV_TEXT = (
     "\n"                                                                        # 8 blank line
     "q3,  4k   monitor ,i6,LG 27UL850 27 inch 4K monitor,LG,\n"                 # 9 good
 )
-# the pairs as training shows them (lrkd.data.tokenize.item_text), written out by hand
+# the pairs as training shows them (lrkd.data.encode.item_text), written out by hand
 CSV_GOOD = {
     2: ("usb charger", "Anker 20W USB-C wall charger. Brand: Anker. Description: fast charging"),
     5: ("laptop", "HP Pavilion dv7\n17 inch. Brand: HP. Description: Notebook, silver"),

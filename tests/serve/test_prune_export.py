@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lrkd.serve.config import ServingConfig
-from lrkd.serve.scorers import OnnxScorer, TorchScorer, load_student
+from lrkd.serve.scorers import OnnxScorer, TorchScorer, load_served
 from tests.student.test_prune import MLP, batch, student
 
 
@@ -22,6 +22,6 @@ def test_pruned_student_onnx_scores_like_eager(tmp_path):
     np.testing.assert_allclose(onnx, eager, atol=1e-5)
     # the HF form loads the pruned shapes and scores the same
     pruned.save_pretrained(tmp_path / "hf", serving=config.to_dict())
-    loaded, served = load_student(tmp_path / "hf")
+    loaded, served = load_served(tmp_path / "hf")
     assert loaded.encoder.config.intermediate_size == 12 and served.max_length == 16
     np.testing.assert_array_equal(TorchScorer(loaded)(ids, mask, types), eager)

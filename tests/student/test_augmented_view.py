@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from lrkd.data.schema import DataSpec, LabelSet
+from lrkd.schema import DataSpec, LabelSet
 from lrkd.student.module import StudentModule
 
 CONF = Path(__file__).resolve().parents[2] / "conf"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lrkd.student.encoder import count_parameters, load_encoder, masked_mean, pool
+from lrkd.student.encoder import count_parameters, load_encoder, mean_over_tokens, pool
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 CONF = Path(__file__).resolve().parents[2] / "conf" / "student"
@@ -28,7 +28,7 @@ def offline(monkeypatch):
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from lrkd.models import resolve_model_path
+    from lrkd.encoders import resolve_model_path
 
     return AutoTokenizer.from_pretrained(resolve_model_path(MINILM))
 
@@ -131,7 +131,7 @@ def test_pool_mean_and_cls_with_padding():
                                torch.tensor([[2.0, 3.0], [11 / 3, 14 / 3]]))
     torch.testing.assert_close(pool(hidden, mask, "cls"), torch.tensor([[1.0, 2.0], [-1.0, 0.0]]))
     # a row without any token gives zeros, not NaN
-    torch.testing.assert_close(masked_mean(hidden, torch.zeros(2, 3)), torch.zeros(2, 2))
+    torch.testing.assert_close(mean_over_tokens(hidden, torch.zeros(2, 3)), torch.zeros(2, 2))
     with pytest.raises(ValueError, match="unknown pooling mode"):
         pool(hidden, mask, "max")
     with pytest.raises(ValueError, match="attention_mask"):

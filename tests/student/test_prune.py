@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lrkd.student.checkpoint import load_student
 from lrkd.student.model import RelevanceStudent
 from lrkd.student.prune import ffn_importance, is_pruning, prune_encoder, select_layers
 
@@ -83,7 +84,7 @@ def test_pruning_to_the_full_size_changes_nothing():
 def test_save_pretrained_round_trip_is_exact(tmp_path, extractor):
     pruned = student({"num_layers": 3, "layer_selection": "top", "intermediate_size": 24}, extractor)
     pruned.save_pretrained(tmp_path / "s")
-    loaded = RelevanceStudent.from_pretrained(tmp_path / "s")
+    loaded = load_student(tmp_path / "s").model
     assert (loaded.encoder.config.num_hidden_layers, loaded.encoder.config.intermediate_size) == (3, 24)
     a, b = pruned.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from lrkd.teacher.generate import ROW_COLUMNS
+from lrkd.teacher.train.generate import ROW_COLUMNS
 from lrkd.teacher.prompts import perspectives_from_config
 
 ROOT = Path(__file__).resolve().parents[2]

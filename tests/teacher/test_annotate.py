@@ -7,15 +7,15 @@ import pandas as pd
 import pytest
 import torch
 
-import lrkd.teacher.annotate as annotate_lib
+import lrkd.teacher.label.annotate as annotate_lib
 from lrkd.artefact import ArtefactWriter, load_artefact, read_manifest
-from lrkd.data.schema import dataset_fingerprint
-import lrkd.evaluation.teacher as teacher_evaluation
-from lrkd.evaluation.teacher import evaluate_teacher
-from lrkd.teacher.annotate import (SentenceEmbedder, annotate_pool, grade_token_ids, label_pairs,
-                                   label_prefix, pair_prompts)
-from lrkd.teacher.examples import encode_completions, encode_prompts
-from lrkd.teacher.module import load_trained_teacher
+from lrkd.schema import dataset_fingerprint
+import lrkd.teacher.label.evaluate as teacher_evaluation
+from lrkd.teacher.label.evaluate import evaluate_teacher
+from lrkd.teacher.label.annotate import SentenceEmbedder, annotate_pool, label_pairs, label_prefix, pair_prompts
+from lrkd.teacher.tokens import grade_token_ids
+from lrkd.teacher.train.examples import encode_completions, encode_prompts
+from lrkd.teacher.train.module import load_trained_teacher
 from tests.teacher.builders import GRADES, pair_frame, perspectives, tiny_teacher_cfg
 
 PERSPECTIVES = ("user_intent", "structured_analysis")
@@ -175,7 +175,7 @@ def test_evaluate_teacher_scores_the_soft_label_argmax(teacher, monkeypatch):
 
 
 def test_contextual_calibration_against_hand_computed_rows():
-    from lrkd.teacher.annotate import contextual_calibration
+    from lrkd.teacher.label.annotate import contextual_calibration
 
     probs = np.array([[0.9, 0.05, 0.05], [0.5, 0.25, 0.25]])
     prior = np.array([[0.8, 0.1, 0.1], [0.5, 0.25, 0.25]])
@@ -211,7 +211,7 @@ def test_calibrated_soft_labels_divide_by_the_content_free_completion(teacher):
 
 
 def test_no_repeat_ngram_size_stops_greedy_loops(teacher, monkeypatch):
-    from lrkd.teacher.annotate import generate_completions
+    from lrkd.teacher.label.annotate import generate_completions
 
     model, tok = teacher
     prompt_ids = encode_prompts(tok, pair_prompts(tok, pair_frame(), [0, 1, 2, 3], perspectives(*PERSPECTIVES), GRADES))
@@ -237,7 +237,7 @@ def test_no_repeat_ngram_size_stops_greedy_loops(teacher, monkeypatch):
 
 
 def test_completion_no_repeat_ngram_counts_only_the_completion():
-    from lrkd.teacher.annotate import CompletionNoRepeatNGram
+    from lrkd.teacher.label.annotate import CompletionNoRepeatNGram
 
     prompt = [1, 2, 3]
     ban = CompletionNoRepeatNGram(3, start=len(prompt))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.special import expit, softmax
 
-from lrkd.teacher.calibration import (OrdinalCalibration, TemperatureBias, expected_calibration_error,
+from lrkd.teacher.label.calibration import (OrdinalCalibration, TemperatureBias, expected_calibration_error,
                                       judgement_score, nll, raw_grade_probs)
 
 

@@ -9,8 +9,8 @@ import pandas as pd
 
 from lrkd.stages.base import read_stage_record
 from lrkd.stages.pipeline import run_pipeline
-from lrkd.teacher.backends import LocalHFBackend
-from lrkd.teacher.module import read_model_record
+from lrkd.teacher.runtime.hf import LocalHFBackend
+from lrkd.teacher.train.module import read_model_record
 from tests.teacher.test_pipeline import PIPELINE, scripted_generate
 
 CRSD = ["stage.dapt.enabled=true", "stage.dpo.pairs=reward", "stage.dapt.max_blocks=6", "stage.dapt.block_size=32",

@@ -12,9 +12,9 @@ import torch
 from lrkd.data.encode import item_text
 from lrkd.stages.teacher_common import TrainLoader, init_teacher, load_pairs
 from lrkd.stages.teacher_dapt import run_teacher_dapt
-from lrkd.teacher.dapt import blocks_view, build_corpus, pack_blocks, perplexity, tokenize_and_pack
-from lrkd.teacher.examples import CompletionCollator, CompletionDataset
-from lrkd.teacher.module import TeacherSFTModule, load_trained_teacher
+from lrkd.teacher.train.dapt import blocks_view, build_corpus, pack_blocks, perplexity, tokenize_and_pack
+from lrkd.teacher.train.examples import CompletionCollator, CompletionDataset
+from lrkd.teacher.train.module import TeacherSFTModule, load_trained_teacher
 from tests.teacher.builders import tiny_teacher_cfg
 
 

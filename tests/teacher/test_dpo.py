@@ -12,9 +12,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from lrkd.losses.dpo import dpo_loss, reward_statistics
-from lrkd.teacher.examples import (PreferenceCollator, PreferenceDataset, preference_pairs, sft_examples,
+from lrkd.teacher.train.examples import (PreferenceCollator, PreferenceDataset, preference_pairs, sft_examples,
                                    tokenize_prompt_completions)
-from lrkd.teacher.module import (TeacherDPOModule, load_trained_teacher, precompute_reference_logprobs,
+from lrkd.teacher.train.module import (TeacherDPOModule, load_trained_teacher, precompute_reference_logprobs,
                                  save_teacher, sequence_logprobs)
 from lrkd.teacher.prompts import render_multi_prompt
 from tests.teacher.builders import GRADES, generation, generations_frame, pair_frame, perspectives, tiny_teacher_cfg

@@ -12,9 +12,9 @@ import torch
 from lrkd.stages import get_stage
 from lrkd.stages.teacher_generate import fingerprint_config
 from lrkd.stages.base import read_stage_record, select_rows, stage_folder, stage_fingerprint
-from lrkd.teacher.generate import ROW_COLUMNS, generate_mpcot, read_generations
+from lrkd.teacher.train.generate import ROW_COLUMNS, generate_mpcot, read_generations
 from lrkd.teacher.prompts import render_perspective_prompt
-from lrkd.data.schema import DataError
+from lrkd.schema import DataError
 from tests.teacher import GRADES, INTENT, SPECS, ScriptedBackend, schema_frame
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -154,7 +154,7 @@ def test_load_teacher_tiny(tiny_teacher, tmp_path):
 
 
 def test_local_backend_is_seeded_and_left_pads(tiny_teacher):
-    from lrkd.teacher.backends import LocalHFBackend
+    from lrkd.teacher.runtime.hf import LocalHFBackend
 
     model, tokenizer = tiny_teacher
     backend = LocalHFBackend(model, tokenizer, batch_size=4, progress=False)
@@ -261,7 +261,7 @@ def test_real_smollm2_generates_for_two_pairs(tmp_path):
     and MPCoT generation for 2 pairs."""
     from transformers import AutoModelForCausalLM
 
-    from lrkd.teacher.backends import LocalHFBackend
+    from lrkd.teacher.runtime.hf import LocalHFBackend
     from lrkd.teacher.model import load_teacher, packaged_gguf_path
     from tests.teacher import INTENT, SPECS
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from lrkd.teacher.backends import HTTPBackendError, OpenAIHTTPBackend, derive_seed, retry_after_seconds
-from lrkd.teacher.generate import generate_mpcot, read_generations
+from lrkd.teacher.runtime.base import derive_seed
+from lrkd.teacher.runtime.http import HTTPBackendError, OpenAIHTTPBackend, retry_after_seconds
+from lrkd.teacher.train.generate import generate_mpcot, read_generations
 from tests.teacher import GRADES, INTENT, SPECS, schema_frame
 from tests.teacher.fake_openai_server import canned_text
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lrkd.teacher.backends import OpenAIHTTPBackend
+from lrkd.teacher.runtime.http import OpenAIHTTPBackend
 from lrkd.teacher.model import packaged_gguf_path
 from lrkd.teacher.prompts import render_perspective_prompt
 from tests.teacher import GRADES, INTENT

@@ -35,7 +35,7 @@ def tokenizer(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runtime():
-    from lrkd.teacher.llama_cpp import LlamaCppRuntime
+    from lrkd.teacher.runtime.llama_cpp import LlamaCppRuntime
 
     rt = LlamaCppRuntime(SMOL, n_ctx=512, n_threads=1)
     yield rt
@@ -50,7 +50,7 @@ def _frame(n):
 
 
 def _prompts(tokenizer, n):
-    from lrkd.teacher.score_pool import prompts_for_rows
+    from lrkd.teacher.label.readers import prompts_for_rows
 
     frame = _frame(n)
     return prompts_for_rows(tokenizer, frame, list(range(n)), max_item_words=20)
@@ -58,7 +58,7 @@ def _prompts(tokenizer, n):
 
 def _ids(tokenizer):
     from lrkd.teacher.prompts import JUDGE_ANSWERS, JUDGE_PREFIX
-    from lrkd.teacher.score_pool import answer_token_ids
+    from lrkd.teacher.tokens import answer_token_ids
 
     return answer_token_ids(tokenizer, JUDGE_PREFIX, JUDGE_ANSWERS)
 
@@ -74,8 +74,8 @@ def test_prompt_splits_into_a_shared_instruction_and_the_pair(tokenizer):
 
 @needs_gguf
 def test_prefix_cache_changes_no_reading(tokenizer, runtime):
-    from lrkd.teacher.llama_cpp import LlamaCppRuntime
-    from lrkd.teacher.score_pool import read_pair
+    from lrkd.teacher.runtime.llama_cpp import LlamaCppRuntime
+    from lrkd.teacher.label.readers import read_pair
 
     prompts = _prompts(tokenizer, 4)
     prefix, answers = _ids(tokenizer)
@@ -108,7 +108,7 @@ def test_reading_matches_the_next_token_distribution(tokenizer, runtime):
     full = np.exp(logits - logits.max())
     full /= full.sum()
     expected = full[answers] / full[answers].sum()
-    from lrkd.teacher.score_pool import read_pair
+    from lrkd.teacher.label.readers import read_pair
 
     got, _ = read_pair(runtime, p.shared, p.pair, prefix, answers)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
@@ -128,7 +128,7 @@ def test_greedy_generation_is_deterministic_and_blocks_repeats(tokenizer, runtim
 
 _CHILD = """
 import sys, json, pickle
-from lrkd.teacher.score_pool import score_pairs
+from lrkd.teacher.label.score_pool import score_pairs
 args = pickle.load(open(sys.argv[1], "rb"))
 score_pairs(**args)
 """
@@ -138,7 +138,8 @@ score_pairs(**args)
 def test_killed_scoring_resumes_with_the_same_rows(tokenizer, tmp_path):
     import pickle
 
-    from lrkd.teacher.score_pool import JudgementReader, completed_keys, iter_reads, score_pairs
+    from lrkd.teacher.label.readers import JudgementReader
+    from lrkd.teacher.label.score_pool import completed_keys, iter_reads, score_pairs
 
     prompts = _prompts(tokenizer, 48)
     prefix, answers = _ids(tokenizer)

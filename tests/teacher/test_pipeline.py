@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 
 from lrkd.artefact import load_artefact
 from lrkd.stages.pipeline import run_pipeline
-from lrkd.teacher.backends import LocalHFBackend
+from lrkd.teacher.runtime.hf import LocalHFBackend
 
 GRADES = ["perfect", "good", "fair", "poor"]
 

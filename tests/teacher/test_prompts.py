@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from lrkd.models import resolve_model_path
+from lrkd.encoders import resolve_model_path
 from lrkd.teacher.prompts import (LABEL_PREFIX, Perspective, perspectives_from_config, prompt_add_special_tokens,
                                   render_multi_prompt, render_perspective_prompt)
 from tests.teacher import GRADES

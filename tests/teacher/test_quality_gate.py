@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from lrkd.config import ROOT_DIR
+from lrkd.run.resolvers import ROOT_DIR
 from lrkd.stages.student import TeacherBelowBaselineWarning, check_teacher
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lrkd.teacher.reward_model import RidgeRewardModel, bradley_terry, evaluate_ridge, pair_accuracy
-from lrkd.teacher.reward_pairs import Candidate, best_worst_pairs, candidates_from_generations, combine
-from lrkd.teacher.rewards import (cited_facts, consistency, correctness, faithfulness, format_score,
+from lrkd.teacher.reward.model import RidgeRewardModel, bradley_terry, evaluate_ridge, pair_accuracy
+from lrkd.teacher.reward.pairs import Candidate, best_worst_pairs, candidates_from_generations, combine
+from lrkd.teacher.reward.dimensions import (cited_facts, consistency, correctness, faithfulness, format_score,
                                   repeated_ngram_share, score_dimensions)
 from tests.teacher.builders import GRADES, generation, generations_frame, pair_frame, perspectives
 

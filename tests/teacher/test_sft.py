@@ -10,9 +10,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from lrkd.losses.lm import completion_logprobs, completion_nll
-from lrkd.teacher.examples import (CompletionCollator, CompletionDataset, encode_completions, encode_prompts, fits,
+from lrkd.teacher.train.examples import (CompletionCollator, CompletionDataset, encode_completions, encode_prompts, fits,
                                    sft_examples, tokenize_prompt_completions)
-from lrkd.teacher.module import TeacherSFTModule, completion_window_logits, load_trained_teacher, read_model_record
+from lrkd.teacher.train.module import TeacherSFTModule, completion_window_logits, load_trained_teacher, read_model_record
 from tests.teacher.builders import GRADES, generation, generations_frame, pair_frame, perspectives, tiny_teacher_cfg
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
@@ -135,7 +135,7 @@ def test_gradient_accumulation_averages_over_every_completion_token_of_the_step(
     micro-batch means would (the examples' completions differ in length)."""
     cfg = tiny_teacher_cfg(tmp_path / "cache")
     sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1.0}
-    constant = {"_target_": "lrkd.optim.constant_warmup_schedule", "_partial_": True, "warmup_ratio": 0.0}
+    constant = {"_target_": "lrkd.lightning.optim.constant_warmup_schedule", "_partial_": True, "warmup_ratio": 0.0}
 
     def step(batches, accumulate: int) -> dict:
         L.seed_everything(0)

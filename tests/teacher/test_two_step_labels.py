@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from lrkd.teacher.annotate import GradeScorer
-from lrkd.teacher.examples import encode_completions, encode_prompts
-from lrkd.teacher.generate import Pair, add_scored_labels, generation_row, generation_stats, sample_grades
-from lrkd.teacher.module import load_trained_teacher
+from lrkd.teacher.label.annotate import GradeScorer
+from lrkd.teacher.train.examples import encode_completions, encode_prompts
+from lrkd.teacher.train.generate import Pair, add_scored_labels, generation_row, generation_stats, sample_grades
+from lrkd.teacher.train.module import load_trained_teacher
 from lrkd.teacher.prompts import clip_words, render_multi_prompt, render_perspective_prompt
 from tests.teacher.builders import GRADES, perspectives, tiny_teacher_cfg
 
