@@ -140,3 +140,50 @@ def test_a_reduced_label_budget_sweep_reports_runs_paired_by_fold_and_seed(tmp_p
     distilled = [j for j in jobs if j.value("budget_arm") == "distilled"]
     assert {j.value("data.annotations") for j in distilled} == {str(chorus_artefact)}
     assert (out / "label_budget.png").is_file() and "Δ (paired)" in (out / "label_budget.md").read_text()
+
+
+READS = ROOT / "datasets" / "chorus_icecat" / "teacher_reads" / "qwen2.5-coder-1.5b"
+
+
+@pytest.mark.slow  # about 75 s: two chorus data modules and a cross-fitted head
+@pytest.mark.skipif(not (READS / "worker-000").is_dir(), reason="the shipped Qwen readings are not in this checkout")
+def test_the_distilled_arm_builds_its_head_artefact_from_its_own_gold_pairs_only(make_cfg, tmp_path):
+    """The teacher head of a (fold, seed, budget) sees the budget's gold grades and nothing else: hiding
+    other grades differently (scrambling every non-gold label) leaves its artefact unchanged, and its
+    head is fitted on exactly the gold train pairs that have readings."""
+    from lrkd.artefact.reader import load_artefact
+    from lrkd.stages.student import build_teacher_artefact
+    from lrkd.teacher.label.head_artefact import write_head_artefact
+
+    cfg = arm(make_cfg, "distilled", "data.gold.fraction=0.1", "data.split.fold=2", "seed=4",
+              f"label_budget.artefact_root={tmp_path / 'heads'}")
+    out = Path(cfg.data.annotations)
+    assert not out.exists()
+    build_teacher_artefact(cfg)          # what run_student does first
+    record = __import__("json").loads((out / "teacher_head.json").read_text())
+    dm = instantiate(cfg.data, seed=cfg.seed, annotations=None, _recursive_=False)
+    dm.setup()
+    train = np.asarray(dm.splits["train"])
+    gold_rows = train[dm.frame["label"].to_numpy()[train] >= 0]
+    assert record["gold_queries"] == len(dm.gold_queries) == len(set(dm.frame["query_id"].iloc[gold_rows]))
+    assert 0 < record["gold_pairs"] <= len(gold_rows) and record["pairs_read"] > record["gold_pairs"]
+    assert {"val", "test", "train_gold_oof"} <= set(record)
+    first = load_artefact(out)
+    assert len(first) == record["pairs_read"]
+    # scramble every grade the head may not see (hidden train rows, val, test): the same artefact
+    rng = np.random.default_rng(0)
+    hidden = np.setdiff1d(np.arange(len(dm.frame)), gold_rows)
+    labels = dm.frame["label"].to_numpy().copy()
+    labels[hidden] = np.where(labels[hidden] >= 0, rng.integers(0, 4, len(hidden)), labels[hidden])
+    assert (labels != dm.frame["label"].to_numpy()).sum() > 100
+    dm.frame["label"] = labels
+    opts = instantiate(cfg.teacher_artefact).options
+    write_head_artefact(dm, tmp_path / "scrambled", perspectives=list(cfg.data.perspectives), seed=int(cfg.seed),
+                        **opts)
+    second = load_artefact(tmp_path / "scrambled")
+    np.testing.assert_array_equal(first.soft_labels, second.soft_labels)
+    assert list(first.item_ids) == list(second.item_ids)
+    # and it is built once: a second call leaves the folder alone
+    stamp = (out / "teacher_head.json").stat().st_mtime_ns
+    build_teacher_artefact(cfg)
+    assert (out / "teacher_head.json").stat().st_mtime_ns == stamp
