@@ -32,6 +32,7 @@ from lrkd.data.sampler import EpochSeededSampler, eval_sampler, make_train_loade
 from lrkd.schema import REQUIRED_COLUMNS, DataError, DataSpec, LabelSet, dataset_fingerprint
 from lrkd.data.splits import split_by_query
 from lrkd.data.tokenize import TokenizedView, tokenize_augmented, tokenize_standard
+from lrkd.data.transfer import append_transfer, transfer_options
 from lrkd.encoders import resolve_model_path
 from lrkd.utils import plain
 
@@ -145,6 +146,9 @@ class RelevanceDataModule(L.LightningDataModule):
                 are appended as unlabelled rows (label -1) and join the train split
                 (:func:`lrkd.data.pool.build_pool`; cached under ``<cache_dir>/pool``). Val and test keep
                 exactly the rows they have without a pool; the fingerprint covers the pool rows.
+    transfer:   None, or the transfer table of ``stage=teacher_queries`` (a path, or {path, catalogue}):
+                its generated queries' pairs join the train split as unlabelled rows, after the pool
+                (:func:`lrkd.data.transfer.append_transfer`); the fingerprint covers them.
     path, max_pairs: accepted so that configs can forward them to the source; unused here.
 
     After ``setup``: ``frame`` (the DataFrame, the pool rows last), ``splits`` (name -> row indices),
@@ -157,7 +161,8 @@ class RelevanceDataModule(L.LightningDataModule):
                  num_workers: int = 0, cache_dir: str = ".cache", annotations: str | None = None,
                  annotation_strict_fingerprint: bool = True, perspectives: Sequence[str] = DEFAULT_PERSPECTIVES,
                  duplicates: str = "error", with_augmented_view: bool = False, seed: int = 42,
-                 path: str | None = None, max_pairs: int | None = None, pool: Mapping | None = None):
+                 path: str | None = None, max_pairs: int | None = None, pool: Mapping | None = None,
+                 transfer: str | Mapping | None = None):
         super().__init__()
         if with_augmented_view and not annotations:
             raise ValueError(
@@ -183,6 +188,7 @@ class RelevanceDataModule(L.LightningDataModule):
         self.with_augmented_view = bool(with_augmented_view)
         self.seed = int(seed)
         self.pool = pool_options(plain(pool))
+        self.transfer = transfer_options(plain(transfer))
         if self.with_augmented_view and self.aug_max_length < self.max_length + 2:
             raise ValueError(f"aug_max_length={self.aug_max_length} must exceed max_length={self.max_length} "
                              "by >= 2 to leave room for a rationale")
@@ -191,6 +197,7 @@ class RelevanceDataModule(L.LightningDataModule):
         self.frame: pd.DataFrame | None = None
         self.splits: dict[str, np.ndarray] = {}
         self.pool_rows: np.ndarray = np.empty(0, dtype=np.int64)
+        self.transfer_rows: np.ndarray = np.empty(0, dtype=np.int64)
         self.fingerprint: str | None = None
         self.label_set: LabelSet | None = None
         self.train_sampler: EpochSeededSampler | None = None
@@ -251,6 +258,9 @@ class RelevanceDataModule(L.LightningDataModule):
         if self.pool is not None:
             df, splits, pool_rows, hit = self._append_pool(df, splits, fingerprint)
             self.cache_hits["pool"] = hit
+            fingerprint = dataset_fingerprint(df)
+        if self.transfer is not None:  # generated queries' pairs: train only, unlabelled
+            df, splits, self.transfer_rows = append_transfer(df, splits, self.transfer)
             fingerprint = dataset_fingerprint(df)
 
         tokenizer = self._load_tokenizer()
