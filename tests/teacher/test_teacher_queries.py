@@ -105,6 +105,7 @@ def test_examples_come_from_the_bank_and_every_prompt_shares_one_prefix(make_cfg
     assert tail.startswith("Product: ") and tail.endswith("Query:")
     assert parse_query(' "USB-C Charger." \nQuery: more') == "USB-C Charger"
     assert parse_query("\n\nQuery: hdmi cable") == "hdmi cable" and parse_query("  \n") == ""
+    assert parse_query(" hp scanjet 8200/") == "hp scanjet 8200"
 
 
 _CHILD = """

@@ -145,12 +145,12 @@ def newline_token_ids(tokenizer) -> list[int]:
 
 def parse_query(completion: str) -> str:
     """A completion's query: its first non-empty line, a leading ``Query:`` and surrounding quotes,
-    backticks and end punctuation dropped, whitespace collapsed ("" when nothing is left)."""
+    backticks and end punctuation (``.!;,:/-``) dropped, whitespace collapsed ("" when nothing is left)."""
     lines = [line.strip() for line in str(completion).splitlines() if line.strip()]
     text = lines[0] if lines else ""
     if text.lower().startswith(QUERY_PREFIX.lower()):
         text = text[len(QUERY_PREFIX):]
-    text = text.strip().strip("\"'`*“”‘’").strip().rstrip(".!;,").strip()
+    text = text.strip().strip("\"'`*“”‘’").strip().rstrip(".!;,:/-").strip()
     return " ".join(text.split())
 
 
