@@ -206,6 +206,22 @@ def test_resume_after_kill_matches_uninterrupted_run(make_cfg, tmp_path):
     assert not torch.allclose(at_kill["state_dict"]["student.classifier.1.weight"], resumed.student.classifier[1].weight)
 
 
+def test_resume_with_query_group_batches_matches_uninterrupted_run(make_cfg, tmp_path):
+    # rank_kd on batches of whole queries (data.sampler=query_groups), on the shipped Qwen artefact
+    common = ["loss=rank_kd", "data.sampler=query_groups", "data.query_groups.items_per_query=4",
+              "trainer.max_epochs=2", "trainer.limit_train_batches=5", "trainer.limit_val_batches=1",
+              "callbacks.last_checkpoint.every_n_train_steps=3", "callbacks.progress_bar=null"]
+    full, _ = _fit(make_cfg(*common, output_dir=tmp_path / "full"))
+    with pytest.raises(SimulatedCrash):
+        _fit(make_cfg(*common, output_dir=tmp_path / "killed"), extra_callbacks=[KillAtStep(3)])
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+    resumed, trainer = _fit(make_cfg(*common, output_dir=tmp_path / "killed"), ckpt_path=str(last))
+    assert trainer.global_step == 10
+    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=f"{name} differs after resume")
+
+
 def test_nan_loss_stops_with_step_and_batch(make_cfg, monkeypatch):
     from lrkd.losses import NonFiniteLossError
     from lrkd.student.module import StudentModule

@@ -175,15 +175,18 @@ class Annotations:
 
     def validate(self, df: pd.DataFrame, *, perspectives: Sequence[str] | None = None,
                  label_names: Sequence[str], dataset_fingerprint: str | None = None,
-                 strict_fingerprint: bool = True) -> None:
+                 strict_fingerprint: bool = True, superset: bool = False) -> None:
         """Check the artefact fits ``df`` and the student's config; ArtefactError listing every
         problem found. ``dataset_fingerprint`` defaults to the fingerprint of ``df``. A fingerprint
         mismatch is only a warning when ``strict_fingerprint=False``; an incomplete artefact is
-        always only a warning (unannotated pairs are masked out downstream)."""
+        always only a warning (unannotated pairs are masked out downstream). ``superset=True``: the
+        artefact may annotate pairs that ``df`` does not hold (one artefact for every fold of a
+        cross-validation, a pool, other queries): they are ignored, pairs are matched by (query_id,
+        item_id), and the dataset fingerprint is not compared."""
         m, where = self.manifest, self._where()
         problems: list[str] = []
         fingerprint = compute_fingerprint(df) if dataset_fingerprint is None else str(dataset_fingerprint)
-        if m.dataset_fingerprint != fingerprint:
+        if m.dataset_fingerprint != fingerprint and not superset:
             msg = (f"the artefact was annotated on dataset fingerprint {m.dataset_fingerprint[:12]}..., "
                    f"but the configured dataset has {fingerprint[:12]}... (the data changed since "
                    f"annotation).")
@@ -216,7 +219,7 @@ class Annotations:
                             f"{[tuple(x) for x in dup[:3]]}. The artefact is damaged: re-annotate.")
         dataset_keys = pd.MultiIndex.from_arrays([df["query_id"].astype(str), df["item_id"].astype(str)])
         unknown = keys[~keys.isin(dataset_keys)]
-        if len(unknown):
+        if len(unknown) and not superset:
             problems.append(f"{len(unknown)} annotated pairs are not in the dataset, e.g. "
                             f"{[tuple(x) for x in unknown[:3]]} (query_id, item_id). The artefact "
                             f"belongs to another dataset: point to the right one, or re-annotate.")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import lightning as L
 import numpy as np
@@ -21,96 +21,27 @@ import pandas as pd
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
 from lrkd import artefact as artefact_lib
-from lrkd.data.batch import AUG_PREFIX
-from lrkd.data.encode import pad_sequences
+from lrkd.data.budget import apply_gold_budget, gold_options
+from lrkd.data.dataset import PairCollator, PairDataset
 from lrkd.data.pool import cached_pool, pool_options
+from lrkd.data.query_batches import make_query_group_loader, num_query_group_batches, sampler_options
 from lrkd.data.sampler import EpochSeededSampler, eval_sampler, make_train_loader
 from lrkd.schema import REQUIRED_COLUMNS, DataError, DataSpec, LabelSet, dataset_fingerprint
-from lrkd.data.splits import split_by_query
-from lrkd.data.tokenize import TokenizedView, tokenize_augmented, tokenize_standard
+from lrkd.data.splits import split_from_config
+from lrkd.data.tokenize import tokenize_augmented, tokenize_standard
 from lrkd.data.transfer import append_transfer, transfer_options
 from lrkd.encoders import resolve_model_path
 from lrkd.utils import plain
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 DEFAULT_PERSPECTIVES = ("user_intent", "structured_analysis", "business_rules")
 
 
-# ------------------------------------------------------------------------------ dataset and collate
-class PairDataset(Dataset):
-    """The pairs of one split. Item j is dataset row ``rows[j]``.
-
-    tokens:      standard view of ALL rows of the dataset (indexed by row).
-    labels, relevance, query_index: [N_all] per-row arrays.
-    annotations: optional {"annotated" [N_all] bool, "has_rationale" [N_all] bool, "teacher_probs"
-                 [N_all, C] float32, "latent_targets" [N_all, K, D] float32} (indexed by row).
-    aug_tokens:  optional augmented view of THIS split's pairs (indexed by j, not by row).
-    """
-
-    def __init__(self, rows: np.ndarray, tokens: TokenizedView, labels: np.ndarray, relevance: np.ndarray,
-                 query_index: np.ndarray, annotations: Mapping[str, np.ndarray] | None = None,
-                 aug_tokens: TokenizedView | None = None):
-        self.rows = np.asarray(rows, dtype=np.int64)
-        self.tokens, self.labels, self.relevance, self.query_index = tokens, labels, relevance, query_index
-        self.annotations = dict(annotations) if annotations is not None else None
-        if aug_tokens is not None and len(aug_tokens) != len(self.rows):
-            raise ValueError(f"augmented view has {len(aug_tokens)} sequences for {len(self.rows)} pairs")
-        self.aug_tokens = aug_tokens
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, j: int) -> dict[str, Any]:
-        row = int(self.rows[j])
-        ids, types = self.tokens[row]
-        item = {"input_ids": ids, "token_type_ids": types, "labels": int(self.labels[row]),
-                "relevance": float(self.relevance[row]), "query_index": int(self.query_index[row]),
-                "pair_index": row}
-        if self.annotations is not None:
-            for key, values in self.annotations.items():
-                item[key] = values[row]
-        if self.aug_tokens is not None:
-            item["aug_input_ids"], item["aug_token_type_ids"] = self.aug_tokens[j]
-        return item
-
-
-class PairCollator:
-    """Items of :class:`PairDataset` -> the batch dict of :mod:`lrkd.data.batch`, padded to the
-    longest sequence of the batch (``pad_id`` for ids, 0 for types and mask)."""
-
-    def __init__(self, pad_id: int):
-        self.pad_id = int(pad_id)
-
-    def _view(self, items, prefix: str) -> dict[str, torch.Tensor]:
-        ids, mask = pad_sequences([it[prefix + "input_ids"] for it in items], self.pad_id)
-        types, _ = pad_sequences([it[prefix + "token_type_ids"] for it in items], 0)
-        return {prefix + "input_ids": ids, prefix + "attention_mask": mask, prefix + "token_type_ids": types}
-
-    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = self._view(items, "")
-        batch["labels"] = torch.tensor([it["labels"] for it in items], dtype=torch.long)
-        batch["relevance"] = torch.tensor([it["relevance"] for it in items], dtype=torch.float32)
-        batch["query_index"] = torch.tensor([it["query_index"] for it in items], dtype=torch.long)
-        batch["pair_index"] = torch.tensor([it["pair_index"] for it in items], dtype=torch.long)
-        first = items[0] if items else {}
-        if "annotated" in first:
-            batch["annotated"] = torch.tensor(np.array([it["annotated"] for it in items], dtype=bool))
-            if "has_rationale" in first:
-                batch["has_rationale"] = torch.tensor(np.array([it["has_rationale"] for it in items], dtype=bool))
-            batch["teacher_probs"] = torch.from_numpy(np.stack([it["teacher_probs"] for it in items]).astype(np.float32))
-            batch["latent_targets"] = torch.from_numpy(np.stack([it["latent_targets"] for it in items]).astype(np.float32))
-        if AUG_PREFIX + "input_ids" in first:
-            batch.update(self._view(items, AUG_PREFIX))
-        return batch
-
-
-# ------------------------------------------------------------------------------------ data module
 def grade_mean_relevance(df: pd.DataFrame, rows: np.ndarray, label_set: LabelSet) -> tuple[float, ...]:
     """Mean raw ``relevance`` of the pairs of each grade among ``rows`` (typically the train split):
     the per-grade ``values`` of ``labels.values: auto``."""
@@ -135,11 +66,15 @@ class RelevanceDataModule(L.LightningDataModule):
                 with ``_target_`` (instantiated with ``hydra.utils.instantiate``).
     labels:     mapping for ``LabelSet.from_config``; ``values: auto`` = the mean raw relevance of each
                 grade on the train split.
-    split:      mapping {train, val, test: fraction of pairs, seed}; see ``split_by_query``.
+    split:      {train, val, test: fraction of pairs, seed[, folds, fold]}: ``split_from_config``.
+    gold:       the gold-label budget {fraction, seed, drop_unlabelled} (:mod:`lrkd.data.budget`).
+    sampler:    ``shuffle`` or ``query_groups`` (with ``query_groups``: :mod:`lrkd.data.query_batches`).
     tokenizer:  hub id or local path (resolved with ``resolve_model_path``), or a loaded tokenizer.
     max_length: tokens of the standard view; aug_max_length: tokens of the augmented view, whose
                 ``[CLS] q [SEP] p [SEP]`` prefix is the standard view (max_length tokens).
     annotations: directory of a teacher artefact (``lrkd.artefact``), or None.
+    annotation_superset: the artefact may hold pairs this run does not (matched by (query_id, item_id);
+                the dataset fingerprint is not checked).
     with_augmented_view: also serve ``aug_*`` keys on train batches (the ``crsd`` loss term).
     pool:       None (no pool), or {catalogue: <items file>, retriever: bm25 | minilm, k: 10, seed: 0,
                 device: cpu}: after the split, each train query's top-k catalogue items not judged for it
@@ -152,7 +87,7 @@ class RelevanceDataModule(L.LightningDataModule):
     path, max_pairs: accepted so that configs can forward them to the source; unused here.
 
     After ``setup``: ``frame`` (the DataFrame, the pool rows last), ``splits`` (name -> row indices),
-    ``pool_rows`` (positions of the pool rows, empty without a pool), ``fingerprint``, ``spec``
+    ``pool_rows`` (positions of the pool rows, empty without a pool), ``gold_queries``, ``fingerprint``, ``spec``
     (:class:`DataSpec`), ``tokenizer`` (the loaded tokenizer), ``train_sampler``.
     """
 
@@ -162,7 +97,8 @@ class RelevanceDataModule(L.LightningDataModule):
                  annotation_strict_fingerprint: bool = True, perspectives: Sequence[str] = DEFAULT_PERSPECTIVES,
                  duplicates: str = "error", with_augmented_view: bool = False, seed: int = 42,
                  path: str | None = None, max_pairs: int | None = None, pool: Mapping | None = None,
-                 transfer: str | Mapping | None = None):
+                 gold: Mapping | None = None, sampler: str = "shuffle", query_groups: Mapping | None = None,
+                 annotation_superset: bool = False, transfer: str | Mapping | None = None):
         super().__init__()
         if with_augmented_view and not annotations:
             raise ValueError(
@@ -189,6 +125,9 @@ class RelevanceDataModule(L.LightningDataModule):
         self.seed = int(seed)
         self.pool = pool_options(plain(pool))
         self.transfer = transfer_options(plain(transfer))
+        self.gold = gold_options(plain(gold), default_seed=self.seed)
+        self.sampler, self.query_groups = sampler_options(sampler, plain(query_groups))
+        self.annotation_superset = bool(annotation_superset)
         if self.with_augmented_view and self.aug_max_length < self.max_length + 2:
             raise ValueError(f"aug_max_length={self.aug_max_length} must exceed max_length={self.max_length} "
                              "by >= 2 to leave room for a rationale")
@@ -198,6 +137,7 @@ class RelevanceDataModule(L.LightningDataModule):
         self.splits: dict[str, np.ndarray] = {}
         self.pool_rows: np.ndarray = np.empty(0, dtype=np.int64)
         self.transfer_rows: np.ndarray = np.empty(0, dtype=np.int64)
+        self.gold_queries: list = []
         self.fingerprint: str | None = None
         self.label_set: LabelSet | None = None
         self.train_sampler: EpochSeededSampler | None = None
@@ -244,16 +184,11 @@ class RelevanceDataModule(L.LightningDataModule):
         df = df.reset_index(drop=True)
         fingerprint = dataset_fingerprint(df)
 
-        fractions = {k: float(v) for k, v in self.split.items() if k != "seed"}
-        if set(fractions) != set(SPLITS):
-            raise ValueError(f"split needs fractions for exactly {SPLITS} (plus an optional seed), got {list(self.split)}")
-        splits = split_by_query(df["query_id"].tolist(), fractions, seed=int(self.split.get("seed", self.seed)))
+        splits = split_from_config(df["query_id"].tolist(), self.split, default_seed=self.seed)
         if len(splits["train"]) == 0:
             raise DataError(f"dataset {self.name!r}: the train split is empty ({len(df)} pairs, "
                             f"{df['query_id'].nunique()} queries)")
-        if auto_values:
-            label_set = dataclasses.replace(label_set, values=grade_mean_relevance(df, splits["train"], label_set))
-            log.info("labels.values auto (train means): %s", dict(zip(label_set.names, label_set.values)))
+        train_queries = df["query_id"].iloc[splits["train"]].tolist()
         pool_rows = np.empty(0, dtype=np.int64)
         if self.pool is not None:
             df, splits, pool_rows, hit = self._append_pool(df, splits, fingerprint)
@@ -262,6 +197,11 @@ class RelevanceDataModule(L.LightningDataModule):
         if self.transfer is not None:  # generated queries' pairs: train only, unlabelled
             df, splits, self.transfer_rows = append_transfer(df, splits, self.transfer)
             fingerprint = dataset_fingerprint(df)
+        # the budget hides train grades (same rows, same texts): the fingerprint stays that of the pairs
+        df, splits, self.gold_queries = apply_gold_budget(df, splits, self.gold, train_queries)
+        if auto_values:  # from the gold train grades (pool and hidden rows are unlabelled)
+            label_set = dataclasses.replace(label_set, values=grade_mean_relevance(df, splits["train"], label_set))
+            log.info("labels.values auto (train means): %s", dict(zip(label_set.names, label_set.values)))
 
         tokenizer = self._load_tokenizer()
         tokens, self.cache_hits["standard"] = tokenize_standard(df, tokenizer, self.max_length, self.cache_dir,
@@ -323,10 +263,12 @@ class RelevanceDataModule(L.LightningDataModule):
         latent dim D, rationale text by row, "" where a row is not annotated)."""
         ann = artefact_lib.load_artefact(self.annotations)
         ann.validate(df, perspectives=list(self.perspectives), label_names=list(label_set.names),
-                     dataset_fingerprint=fingerprint, strict_fingerprint=self.annotation_strict_fingerprint)
+                     dataset_fingerprint=fingerprint, strict_fingerprint=self.annotation_strict_fingerprint,
+                     superset=self.annotation_superset)
         aligned = ann.align(df)  # uniform soft labels and zero latents where a row is not annotated
         perspectives = tuple(ann.perspectives)
         annotated = np.asarray(aligned.annotated, dtype=bool)
+        log.info("artefact %s annotates %d of the %d rows", self.annotations, int(annotated.sum()), len(df))
         rationales = [artefact_lib.format_rationales(aligned.rationales[i], perspectives) if annotated[i] else ""
                       for i in range(len(df))]
         # an annotated row may carry no rationale (a teacher that wrote rationales for a subset only):
@@ -367,6 +309,8 @@ class RelevanceDataModule(L.LightningDataModule):
         self._require_setup()
         trainer = getattr(self, "trainer", None)
         world = max(int(getattr(trainer, "world_size", 1) or 1), 1) if trainer is not None else 1
+        if self.sampler == "query_groups":
+            return num_query_group_batches(self._datasets["train"], self.query_groups)
         return math.ceil(math.ceil(len(self._datasets["train"]) / world) / self.batch_size)
 
     # ---------------------------------------------------------------------------- dataloaders
@@ -384,9 +328,13 @@ class RelevanceDataModule(L.LightningDataModule):
                             sampler=torch.utils.data.SequentialSampler(dataset))
 
     def train_dataloader(self) -> DataLoader:
-        loader = make_train_loader(self.dataset("train"), batch_size=self.batch_size, collate_fn=self._collate,
-                                   seed=self.seed, trainer=self.trainer, num_workers=self.num_workers)
-        self.train_sampler = loader.sampler
+        common = dict(collate_fn=self._collate, seed=self.seed, trainer=self.trainer, num_workers=self.num_workers)
+        if self.sampler == "query_groups":
+            loader = make_query_group_loader(self.dataset("train"), options=self.query_groups, **common)
+            self.train_sampler = loader.batch_sampler
+        else:
+            loader = make_train_loader(self.dataset("train"), batch_size=self.batch_size, **common)
+            self.train_sampler = loader.sampler
         return loader
 
     def val_dataloader(self) -> DataLoader:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+SPLIT_NAMES = ("train", "val", "test")
 
 
 def split_by_query(query_ids: Sequence, fractions: Mapping[str, float] | None = None,
@@ -83,3 +84,68 @@ def sample_queries(df: pd.DataFrame, max_pairs: int, seed: int) -> pd.DataFrame:
     out = df[df["query_id"].isin(chosen)].reset_index(drop=True)
     out.attrs = dict(df.attrs)
     return out
+
+
+# --------------------------------------------------------------------------- cross-validation by query
+def query_folds(query_ids: Sequence, folds: int, seed: int = 42) -> np.ndarray:
+    """[N] the fold (0..folds-1) of every row: whole queries dealt into ``folds`` folds of about
+    equal pair counts by :func:`split_by_query`'s greedy deal (the same seeded query order). The
+    assignment depends only on the seed and the set of (query id, pair count), not on which fold
+    is tested, so the folds partition the queries: every query is in exactly one fold."""
+    folds = int(folds)
+    n_queries = len(set(query_ids))
+    if folds < 2 or folds > n_queries:
+        raise ValueError(f"data.split.folds must be in [2, {n_queries}] (the number of queries), got {folds}")
+    parts = split_by_query(query_ids, {f"fold{k}": 1.0 / folds for k in range(folds)}, seed=seed)
+    fold_of_row = np.empty(len(query_ids), dtype=np.int64)
+    for k, rows in enumerate(parts.values()):
+        fold_of_row[rows] = k
+    return fold_of_row
+
+
+def split_by_query_fold(query_ids: Sequence, folds: int, fold: int, val: float = 0.15,
+                        seed: int = 42) -> dict[str, np.ndarray]:
+    """Cross-validation by query: fold ``fold`` of :func:`query_folds` is the test split; val is
+    carved from the other queries (``val`` = a fraction of ALL pairs, dealt greedily as
+    :func:`split_by_query` deals, seeded by (seed, fold)); train is the rest.
+
+    Returns {"train", "val", "test"} -> sorted int64 row indices, a partition of ``range(N)`` in
+    which no query is in two splits. Over fold = 0..folds-1 every query is a test query exactly once.
+    """
+    folds, fold, val = int(folds), int(fold), float(val)
+    if not 0 <= fold < folds:
+        raise ValueError(f"data.split.fold must be in [0, {folds - 1}] for folds={folds}, got {fold}")
+    rest_share = 1.0 - 1.0 / folds
+    if not 0.0 <= val < rest_share:
+        raise ValueError(f"data.split.val={val} must be >= 0 and leave train pairs beside the test fold "
+                         f"(< {rest_share:.3f} with {folds} folds)")
+    fold_of_row = query_folds(query_ids, folds, seed)
+    test = np.flatnonzero(fold_of_row == fold).astype(np.int64)
+    rest = np.flatnonzero(fold_of_row != fold)
+    ids = np.asarray(list(query_ids), dtype=object)
+    if val == 0.0:
+        return {"train": rest.astype(np.int64), "val": np.empty(0, dtype=np.int64), "test": test}
+    # the val share of the remaining pairs that makes val about `val` of all pairs
+    share = min(val * len(ids) / max(len(rest), 1), 1.0)
+    val_seed = int(np.random.SeedSequence([int(seed), fold]).generate_state(1)[0])
+    inner = split_by_query(ids[rest].tolist(), {"train": 1.0 - share, "val": share}, seed=val_seed)
+    return {"train": rest[inner["train"]].astype(np.int64), "val": rest[inner["val"]].astype(np.int64),
+            "test": test}
+
+
+def split_from_config(query_ids: Sequence, split: Mapping, default_seed: int = 42) -> dict[str, np.ndarray]:
+    """The splits of ``data.split``: ``{train, val, test: fractions of pairs, seed}`` for one split
+    (:func:`split_by_query`), or with ``folds: K`` (an int, not null) cross-validation by query,
+    ``fold: i`` the test fold and ``val`` the val fraction of all pairs (:func:`split_by_query_fold`;
+    train and test fractions are then not used). ``seed`` defaults to ``default_seed``."""
+    split = dict(split or {})
+    seed = int(split.pop("seed", default_seed) if split.get("seed") is not None else default_seed)
+    folds, fold = split.pop("folds", None), split.pop("fold", None)
+    if folds is not None:
+        return split_by_query_fold(query_ids, int(folds), 0 if fold is None else int(fold),
+                                   val=float(split.get("val", DEFAULT_FRACTIONS["val"])), seed=seed)
+    fractions = {k: float(v) for k, v in split.items()}
+    if set(fractions) != set(SPLIT_NAMES):
+        raise ValueError(f"split needs fractions for exactly {SPLIT_NAMES} (plus an optional seed, or folds and "
+                         f"fold), got {list(split)}")
+    return split_by_query(query_ids, fractions, seed=seed)

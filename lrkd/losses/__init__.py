@@ -6,6 +6,7 @@ from lrkd.losses.infonce import info_nce
 from lrkd.losses.kd import KDTerm, kd_loss, kl_per_row
 from lrkd.losses.latent import DISTANCES, LatentTerm, latent_alignment
 from lrkd.losses.ordinal import ORDINAL_KINDS, OrdinalTerm, ordinal_loss
+from lrkd.losses.rank import RANK_FORMS, RANK_SCORES, RankKDTerm, listwise_kd, ranknet_kd
 from lrkd.losses.weights import balanced_class_weights, resolve_class_weight
 
 __all__ = [
@@ -16,5 +17,6 @@ __all__ = [
     "LatentTerm", "latent_alignment", "DISTANCES",
     "CRSDTerm", "crsd_losses",
     "OrdinalTerm", "ordinal_loss", "ORDINAL_KINDS",
+    "RankKDTerm", "ranknet_kd", "listwise_kd", "RANK_FORMS", "RANK_SCORES",
     "balanced_class_weights", "resolve_class_weight",
 ]

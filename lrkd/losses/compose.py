@@ -128,6 +128,12 @@ class WeightedLoss(nn.Module):
             if hasattr(term, "set_class_counts"):
                 term.set_class_counts(counts, num_classes)
 
+    def set_label_set(self, gains, relevant_up_to: int) -> None:
+        """Give the data's gains [C] and relevance cut to every term that scores by them (``rank_kd``)."""
+        for term in self.terms.values():
+            if hasattr(term, "set_label_set"):
+                term.set_label_set(gains, relevant_up_to)
+
     def forward(self, out: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Returns ``(total, logs)``: ``total`` a scalar with a grad path, ``logs`` the detached
         unweighted ``{name: loss, "name/sub": sub-term}`` of each active term."""

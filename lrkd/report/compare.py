@@ -39,13 +39,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from lrkd.run.resolvers import ROOT_DIR
 from lrkd.schema import DataError
+from lrkd.report.paired import LABEL_BUDGET_METRICS, REPLICATE_KEYS, write_label_budget, write_paired
 from lrkd.report.writer import LATENCY_FIELD, write_report
 from lrkd.run.jobs import ERROR_FILE, METRICS_FILE
 from lrkd.run.overrides import declared_sweep_keys, load_multirun_config, parse_overrides
 
 # argmax metrics, then (for runs with decision=thresholds) the same under the val-tuned rule
 DEFAULT_METRICS = ("test/macro_f1", "test/qwk", "test/ndcg@10", "test/tuned/macro_f1", "test/tuned/qwk")
-SEED_KEYS = ("seed",)
+SEED_KEYS = REPLICATE_KEYS   # seed and data.split.fold: the replicates of a group (lrkd.report.paired)
 DEFAULT_LATENCY_FILE = ROOT_DIR / "benchmarks" / "results" / "latency.json"
 MISSING = "(default)"   # a group key the job does not set and its config does not hold
 
@@ -316,15 +317,31 @@ def main(argv: Sequence[str] | None = None, prog: str = "lrkd report") -> int:
     parser.add_argument("--metrics", nargs="+", default=None, help=f"default: {' '.join(DEFAULT_METRICS)}")
     parser.add_argument("--latency", default=None, help=f"latency JSON (default: {DEFAULT_LATENCY_FILE} if present)")
     parser.add_argument("--out", default=None, help="output directory (default: the first directory)")
+    parser.add_argument("--paired", nargs=3, metavar=("KEY", "TREATMENT", "BASELINE"), default=None,
+                        help="also the paired differences TREATMENT - BASELINE of KEY per group, paired by "
+                             "replicate (fold, seed): paired.md, paired.csv")
+    parser.add_argument("--label-budget", action="store_true",
+                        help="experiment=label_budget: summary.json, label_budget.md and .png (implies "
+                             "--paired budget_arm distilled gold_only and its four metrics)")
     args = parser.parse_args(argv)
+    if args.label_budget:
+        args.paired = args.paired or ["budget_arm", "distilled", "gold_only"]
+        args.metrics = args.metrics or list(LABEL_BUDGET_METRICS)
+    out = args.out or args.dirs[0]
     try:
         jobs = find_jobs(args.dirs)
         report = build_report(jobs, group_by=args.group_by, metrics=args.metrics, latency_file=args.latency)
+        extra = write_paired(jobs, report, *args.paired, out) if args.paired else {}
+        if args.label_budget:
+            extra.update(write_label_budget(jobs, out, report.metrics))
     except (DataError, ValueError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
-    written = write_report(report, args.out or args.dirs[0], sources=args.dirs)
+    written = {**write_report(report, out, sources=args.dirs), **extra}
     print(written["report.md"].read_text())
+    for name in ("paired.md", "label_budget.md"):
+        if name in written:
+            print(written[name].read_text())
     print("wrote " + ", ".join(str(p) for p in written.values()))
     return 0
 

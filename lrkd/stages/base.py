@@ -36,6 +36,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig
 
+from lrkd.data.budget import gold_options, is_default as gold_is_default
 from lrkd.lightning.distributed import is_rank_zero
 from lrkd.utils import plain, write_json_atomic
 
@@ -71,8 +72,9 @@ def stage_fingerprint(config_node, input_fingerprints: Sequence[str]) -> str:
 def fingerprint_config(cfg: DictConfig, *, stage: Mapping | None = None, trainer: bool = True) -> dict:
     """The config a teacher stage's output depends on: its own settings (``stage``, default
     ``cfg.stage`` without the :data:`OPERATIONAL_KEYS`), the teacher (not its cache_dir), the
-    perspectives, the seed, the dataset's name/labels/split and, for a training stage, the trainer
-    settings of :data:`TRAINER_KEYS`."""
+    perspectives, the seed, the dataset's name/labels/split (with ``folds``/``fold`` only under
+    cross-validation), its gold budget when not the default (``data.gold``) and, for a training stage,
+    the trainer settings of :data:`TRAINER_KEYS`."""
     if stage is None:
         stage = {k: v for k, v in plain(cfg.stage).items() if k not in OPERATIONAL_KEYS}
     teacher = plain(cfg.teacher)
@@ -80,6 +82,13 @@ def fingerprint_config(cfg: DictConfig, *, stage: Mapping | None = None, trainer
     data = plain(cfg.data)
     out = {"stage": dict(stage), "teacher": teacher, "perspective": plain(cfg.perspective), "seed": int(cfg.seed),
            "data": {k: data.get(k) for k in ("name", "labels", "split")}}
+    split = out["data"]["split"] = dict(data.get("split") or {})
+    if split.get("folds") is None:  # one split: the cross-validation keys leave earlier fingerprints as they were
+        for key in ("folds", "fold"):
+            split.pop(key, None)
+    gold = gold_options(data.get("gold"), default_seed=int(cfg.seed))
+    if not gold_is_default(gold):   # a teacher that reads gold grades depends on the budget
+        out["data"]["gold"] = gold
     if trainer:
         settings = plain(cfg.get("trainer") or {})
         out["trainer"] = {k: settings.get(k) for k in TRAINER_KEYS if k in settings}

@@ -93,6 +93,18 @@ def check_teacher(cfg: DictConfig, datamodule, loss) -> list[str]:
     return failing
 
 
+def build_teacher_artefact(cfg: DictConfig) -> None:
+    """``teacher_artefact`` (a config callable, e.g. :class:`lrkd.teacher.label.head_artefact.HeadArtefact`):
+    when ``data.annotations`` names a folder that does not exist yet, build it from this job's own data
+    (its split, budget and pool; no artefact attached) before the student reads it."""
+    builder, path = cfg.get("teacher_artefact"), cfg.data.get("annotations")
+    if builder is None or not path or Path(str(path)).exists():
+        return
+    plain_data = instantiate(cfg.data, seed=cfg.seed, annotations=None, _recursive_=False)
+    plain_data.setup("fit")
+    instantiate(builder)(plain_data, str(path), perspectives=list(cfg.data.perspectives), seed=int(cfg.seed))
+
+
 def run_student(cfg: DictConfig) -> dict:
     """Fit, test the best checkpoint, write metrics.json. Returns the test metrics (flat keys) and
     ``cfg.optimized_metric``'s value under the key ``optimized_metric`` when it is set."""
@@ -102,6 +114,7 @@ def run_student(cfg: DictConfig) -> dict:
     run.start()
 
     loss = instantiate(cfg.loss)  # cheap: tells the data module whether to build the augmented view
+    build_teacher_artefact(cfg)
     datamodule = instantiate(cfg.data, with_augmented_view=bool(loss.needs_augmented_view), seed=cfg.seed,
                              _recursive_=False)
     datamodule.setup("fit")

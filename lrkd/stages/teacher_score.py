@@ -18,18 +18,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import torch
 from omegaconf import DictConfig
 
 from lrkd.artefact import ArtefactWriter
-from lrkd.evaluation.metrics import RelevanceMetrics
 from lrkd.data.encode import item_text
 from lrkd.schema import text_fields
 from lrkd.stages.base import StageRun, select_rows, stage_folder
 from lrkd.stages.teacher_common import load_pairs
-from lrkd.teacher.label.calibration import (OrdinalCalibration, expected_calibration_error, judgement_score,
-                                            raw_grade_probs)
+from lrkd.teacher.label.calibration import OrdinalCalibration, judgement_score, raw_grade_probs
+from lrkd.teacher.label.head import pca_projection, reading_metrics
 from lrkd.teacher.label.panel import (ANSWER_PREFIX, PanelReader, choose_bank, choose_examples, panel_prompt,
                                       questions_from_config, score_names)
 from lrkd.teacher.label.readers import JudgementReader, RationaleReader, prompts_for_rows
@@ -53,18 +50,6 @@ def reads_folder(cfg: DictConfig):
     if cfg.stage.get("reads_dir"):
         return Path(str(cfg.stage.reads_dir)).expanduser()
     return stage_folder(cfg, READS_FOLDER)
-
-
-def pca_projection(latents: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """(mean [D], components [D, dim] scaled so the projected coordinates have unit mean variance,
-    explained variance ratio) of the rows of ``latents`` [n, D] (numpy SVD)."""
-    mean = latents.mean(axis=0)
-    centred = latents - mean
-    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
-    dim = min(int(dim), vt.shape[0])
-    variance = sv ** 2 / max(len(latents) - 1, 1)
-    scale = np.sqrt(variance[:dim].mean())
-    return mean, vt[:dim].T / scale, float(variance[:dim].sum() / variance.sum())
 
 
 def reading_settings(cfg: DictConfig, gguf: str) -> dict:
@@ -201,20 +186,6 @@ def run(cfg: DictConfig) -> dict:
     return finalize(cfg, dm, started, reading)
 
 
-def teacher_metrics(probs: np.ndarray, frame, rows: np.ndarray, label_set, n_bins: int) -> dict:
-    """macro-F1, QWK, AUC, nDCG@10, accuracy (:class:`lrkd.evaluation.metrics.RelevanceMetrics`) and ECE of
-    soft labels ``probs`` [n, C] on the labelled dataset ``rows``."""
-    labels = frame["label"].to_numpy()[rows]
-    metrics = RelevanceMetrics(label_set, prefix="")
-    metrics.update(torch.as_tensor(probs, dtype=torch.float32), torch.as_tensor(labels, dtype=torch.long),
-                   torch.as_tensor(pd.factorize(frame["query_id"])[0][rows], dtype=torch.long))
-    values = metrics.compute()
-    out = {k: float(values[k]) for k in ("macro_f1", "qwk", "auc", "ndcg@10", "accuracy")}
-    out["ece"] = expected_calibration_error(probs, labels, n_bins)
-    out["pairs"] = int(len(rows))
-    return out
-
-
 def finalize(cfg: DictConfig, dm, started: float, reading: dict) -> dict:
     """Step 2 (see the module docstring); returns the stage metrics."""
     reads = iter_reads(reads_folder(cfg))
@@ -263,9 +234,9 @@ def finalize(cfg: DictConfig, dm, started: float, reading: dict) -> dict:
     for name, rows in (("val", val), ("test", test)):
         if not len(rows):
             continue
-        metrics[f"{name}/raw"] = teacher_metrics(raw_grade_probs(reads.soft_labels[at[rows]], c), frame, rows,
+        metrics[f"{name}/raw"] = reading_metrics(raw_grade_probs(reads.soft_labels[at[rows]], c), frame, rows,
                                                  label_set, bins)
-        metrics[f"{name}/calibrated"] = teacher_metrics(soft(rows), frame, rows, label_set, bins)
+        metrics[f"{name}/calibrated"] = reading_metrics(soft(rows), frame, rows, label_set, bins)
     pool = np.concatenate([read_rows(s, False) for s in plain(cfg.stage.pool_splits)])
     perspectives = perspectives_from_config(cfg.perspective)
     k = len(perspectives)

@@ -94,6 +94,8 @@ class StudentModule(L.LightningModule):
         self.loss_fn = instantiate(loss)
         if hasattr(self.loss_fn, "set_class_counts"):  # class_weight: balanced terms resolve here
             self.loss_fn.set_class_counts(data_spec.get("train_class_counts"), self.label_set.num_classes)
+        if hasattr(self.loss_fn, "set_label_set"):  # rank_kd scores by the data's gains
+            self.loss_fn.set_label_set(self.label_set.gains, self.label_set.relevant_up_to)
 
         latent_dim = int(data_spec.get("latent_dim") or 0)
         wants_latent = "latent" in getattr(self.loss_fn, "active_terms", ())

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lrkd.data.splits import split_by_query
+from lrkd.data.splits import query_folds, split_by_query, split_by_query_fold, split_from_config
 
 
 def _query_ids(sizes, prefix="q"):
@@ -77,3 +77,54 @@ def test_zero_fraction_split_is_empty_and_bad_fractions_raise():
         split_by_query(qids, {"train": 0.7, "val": 0.2})
     with pytest.raises(ValueError, match=">= 0"):
         split_by_query(qids, {"train": 1.2, "val": -0.2})
+
+
+# ------------------------------------------------------------------------------- cross-validation
+
+
+def test_every_query_is_a_test_query_in_exactly_one_fold():
+    sizes = np.random.default_rng(4).integers(1, 30, size=50)
+    qids = _query_ids(sizes)
+    folds = [split_by_query_fold(qids, 5, i, val=0.15, seed=11) for i in range(5)]
+    tested = [set(np.asarray(qids)[f["test"]]) for f in folds]
+    assert set().union(*tested) == set(qids)
+    assert sum(len(t) for t in tested) == len(set(qids))            # pairwise disjoint
+    for f in folds:
+        assert sorted(np.concatenate(list(f.values())).tolist()) == list(range(len(qids)))
+        sets = _query_sets(qids, f)
+        assert not sets["train"] & sets["val"] and not sets["train"] & sets["test"] and not sets["val"] & sets["test"]
+        # folds balanced by pairs: test about 1/5 of the pairs, val about 0.15, each within one large query
+        assert abs(len(f["test"]) - len(qids) / 5) <= 2 * sizes.max()
+        assert abs(len(f["val"]) - 0.15 * len(qids)) <= 2 * sizes.max()
+
+
+def test_folds_are_deterministic_under_the_seed_and_vary_with_it():
+    qids = _query_ids([3, 7, 2, 9, 4, 4, 6, 1, 8, 5] * 3)
+    a = split_by_query_fold(qids, 3, 1, seed=5)
+    b = split_by_query_fold(list(qids), 3, 1, seed=5)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(query_folds(qids, 3, seed=5), query_folds(qids, 3, seed=6))
+    # the val carved from fold 0's and fold 1's remaining queries is drawn separately
+    assert not np.array_equal(split_by_query_fold(qids, 3, 0, seed=5)["val"], a["val"])
+
+
+def test_fold_settings_are_checked():
+    qids = _query_ids([2] * 6)
+    with pytest.raises(ValueError, match="folds must be in"):
+        query_folds(qids, 7)
+    with pytest.raises(ValueError, match="fold must be in"):
+        split_by_query_fold(qids, 3, 3)
+    with pytest.raises(ValueError, match="leave train pairs"):
+        split_by_query_fold(qids, 2, 0, val=0.5)
+
+
+def test_split_from_config_without_folds_is_split_by_query():
+    qids = _query_ids(np.random.default_rng(6).integers(1, 9, size=40))
+    config = {"train": 0.7, "val": 0.15, "test": 0.15, "seed": 42, "folds": None, "fold": 0}
+    a, b = split_from_config(qids, config), split_by_query(qids, {"train": 0.7, "val": 0.15, "test": 0.15}, seed=42)
+    assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    c = split_from_config(qids, {**config, "folds": 4, "fold": 2})
+    d = split_by_query_fold(qids, 4, 2, val=0.15, seed=42)
+    assert all(np.array_equal(c[k], d[k]) for k in c)
+    with pytest.raises(ValueError, match="train.*val.*test"):
+        split_from_config(qids, {"train": 0.8, "valid": 0.2})

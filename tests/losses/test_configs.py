@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
-from lrkd.losses import CETerm, CRSDTerm, KDTerm, LatentTerm, OrdinalTerm, WeightedLoss
+from lrkd.losses import CETerm, CRSDTerm, KDTerm, LatentTerm, OrdinalTerm, RankKDTerm, WeightedLoss
 
 LOSS_CONF = Path(__file__).resolve().parents[2] / "conf" / "loss"
 EXPECTED = {
@@ -19,6 +19,7 @@ EXPECTED = {
     "latent": {"ce": CETerm, "latent": LatentTerm},
     "full": {"ce": CETerm, "kd": KDTerm, "crsd": CRSDTerm, "latent": LatentTerm},
     "ordinal": {"ce": CETerm, "ordinal": OrdinalTerm},
+    "rank_kd": {"ce": CETerm, "ordinal": OrdinalTerm, "rank_kd": RankKDTerm},
 }
 
 
@@ -38,7 +39,7 @@ def out_and_batch(b=4, c=3, k=3, d=8, h=16):
            "aug_pooled": torch.randn(b, h, generator=g)}
     batch = {"labels": torch.tensor([0, 1, -1, 2]), "annotated": torch.tensor([True, True, True, False]),
              "teacher_probs": torch.softmax(torch.randn(b, c, generator=g), -1),
-             "latent_targets": torch.randn(b, k, d, generator=g)}
+             "latent_targets": torch.randn(b, k, d, generator=g), "query_index": torch.tensor([0, 0, 0, 1])}
     return out, batch
 
 

@@ -77,7 +77,7 @@ def test_quality_gate_compares_each_metric():
 
 
 def test_pca_projection_keeps_the_planted_subspace_at_unit_variance():
-    from lrkd.stages.teacher_score import pca_projection
+    from lrkd.teacher.label.head import pca_projection
 
     rng = np.random.default_rng(0)
     basis = np.linalg.qr(rng.normal(size=(40, 3)))[0]  # a 3-d subspace of R^40

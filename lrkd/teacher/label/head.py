@@ -22,7 +22,12 @@ from typing import Sequence
 
 import numpy as np
 from scipy.optimize import minimize
+import pandas as pd
+import torch
 from scipy.special import expit
+
+from lrkd.evaluation.metrics import RelevanceMetrics
+from lrkd.teacher.label.calibration import expected_calibration_error
 
 _EPS = 1e-12
 
@@ -132,4 +137,30 @@ def cross_fit(features: np.ndarray, grades: np.ndarray, query_ids: Sequence, fit
     return out, head
 
 
-__all__ = ["OrdinalHead", "cross_fit", "query_folds", "logit"]
+def pca_projection(latents: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """(mean [D], components [D, dim] scaled so the projected coordinates have unit mean variance,
+    explained variance ratio) of the rows of ``latents`` [n, D] (numpy SVD)."""
+    mean = latents.mean(axis=0)
+    centred = latents - mean
+    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+    dim = min(int(dim), vt.shape[0])
+    variance = sv ** 2 / max(len(latents) - 1, 1)
+    scale = np.sqrt(variance[:dim].mean())
+    return mean, vt[:dim].T / scale, float(variance[:dim].sum() / variance.sum())
+
+
+def reading_metrics(probs: np.ndarray, frame, rows: np.ndarray, label_set, n_bins: int) -> dict:
+    """macro-F1, QWK, AUC, nDCG@10, accuracy (:class:`lrkd.evaluation.metrics.RelevanceMetrics`) and ECE of
+    soft labels ``probs`` [n, C] on the labelled dataset ``rows``."""
+    labels = frame["label"].to_numpy()[rows]
+    metrics = RelevanceMetrics(label_set, prefix="")
+    metrics.update(torch.as_tensor(probs, dtype=torch.float32), torch.as_tensor(labels, dtype=torch.long),
+                   torch.as_tensor(pd.factorize(frame["query_id"])[0][rows], dtype=torch.long))
+    values = metrics.compute()
+    out = {k: float(values[k]) for k in ("macro_f1", "qwk", "auc", "ndcg@10", "accuracy")}
+    out["ece"] = expected_calibration_error(probs, labels, n_bins)
+    out["pairs"] = int(len(rows))
+    return out
+
+
+__all__ = ["OrdinalHead", "cross_fit", "query_folds", "logit", "pca_projection", "reading_metrics"]

@@ -1,0 +1,152 @@
+"""A student's teacher artefact from the frozen teacher's readings and a head fitted on gold pairs.
+
+The readings (``stage=teacher_score``: the judgement reading in ``<reads_dir>/worker-*``, and each
+panel named in ``panels``, ``<reads_dir>/<name>``) are features of every pair read: the log-odds of
+each yes/no answer and the expected rank of each graded question (:func:`reading_features`). The
+head (:class:`lrkd.teacher.label.head.OrdinalHead`) is fitted on the gold pairs of a data module's
+train split only, so on one cross-validation fold and one label budget it sees only that budget's
+gold grades. The gold pairs get out-of-fold soft labels (folds of whole queries); every other pair
+read (train rows the budget hid, the transfer pool, generated queries, val, test) gets the head
+fitted on all of them. The artefact holds every pair read that the data module has, with the
+decision states' PCA as latent targets; the teacher is scored on val and test like the student.
+
+:class:`HeadArtefact` is the same as a config callable: ``experiment=label_budget`` builds each
+(fold, seed, budget)'s artefact this way when its student job starts and the artefact is missing.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from lrkd.artefact import ArtefactWriter
+from lrkd.teacher.label.head import cross_fit, logit, pca_projection, reading_metrics
+from lrkd.teacher.label.score_pool import iter_reads
+from lrkd.utils import atomic_path, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "teacher_head.json"
+
+
+def reading_features(reads, questions: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """[n, F] features of a reads folder's pairs, and their names: the judgement reading (no
+    scores): logit P(yes); a panel: logit P(<first answer>) of each yes/no question and the
+    expected rank (k-1 for the first answer .. 0 for the last) of each question with more answers;
+    ``questions``: the panel questions to keep (None: all)."""
+    if not reads.scores:
+        return logit(reads.soft_labels[:, 0])[:, None], ["judge"]
+    answers: dict[str, list[str]] = {}
+    for name in reads.scores:
+        question, answer = name.split("/", 1)
+        answers.setdefault(question, []).append(answer)
+    cols, names = [], []
+    for question, options in answers.items():
+        if questions is not None and question not in questions:
+            continue
+        if len(options) == 2:
+            cols.append(logit(reads.scores[f"{question}/{options[0]}"]))
+        else:
+            k = len(options)
+            cols.append(sum((k - 1 - i) * reads.scores[f"{question}/{a}"] for i, a in enumerate(options)))
+        names.append(question)
+    return np.stack(cols, axis=1), names
+
+
+def write_head_artefact(dm, out: str | Path, *, reads_dir: str | Path, perspectives: Sequence[str],
+                        teacher: str, panels: Sequence[str] = (), questions: Sequence[str] | None = None,
+                        l2: float = 0.01, folds: int = 5, seed: int = 0, latent_dim: int | None = 64,
+                        ece_bins: int = 10, shard_size: int = 2048, extra: dict | None = None,
+                        record: Callable[[Path, dict], None] | None = None) -> dict:
+    """Fit the head on ``dm``'s gold train pairs and write the artefact to ``out`` (atomically);
+    returns the metrics (also written to ``<out>/teacher_head.json``). ``record(tmp_dir, metrics)``
+    runs inside the folder before it is moved into place (a stage's own record)."""
+    frame, label_set = dm.frame, dm.label_set
+    keys = list(zip(frame["query_id"].astype(str), frame["item_id"].astype(str)))
+    root = Path(reads_dir)
+    sources = [("judge", iter_reads(root))] + [(str(n), iter_reads(root / str(n))) for n in panels]
+    missing = [name for name, reads in sources if reads is None]
+    if missing:
+        raise FileNotFoundError(f"no teacher readings for {missing} under {root} (stage=teacher_score reads them)")
+    blocks, names, read = [], [], np.ones(len(keys), dtype=bool)
+    for source, reads in sources:  # the rows read by every source, and their features
+        index = reads.index()
+        at = np.array([index.get(k, -1) for k in keys])
+        read &= at >= 0
+        x, cols = reading_features(reads, questions)
+        full = np.full((len(keys), x.shape[1]), np.nan)
+        full[at >= 0] = x[at[at >= 0]]
+        blocks.append(full)
+        names += [f"{source}:{c}" for c in cols]
+    features = np.concatenate(blocks, axis=1)
+    rows = np.flatnonzero(read)
+    labels = frame["label"].to_numpy()
+    train = np.asarray(dm.splits["train"], dtype=np.int64)
+    gold = train[(labels[train] >= 0) & read[train]]
+    if not len(gold):
+        raise RuntimeError("no gold train pair has teacher readings to fit the head on")
+    position = {int(r): i for i, r in enumerate(rows)}
+    probs, head = cross_fit(features[rows], np.where(labels[rows] >= 0, labels[rows], 0),
+                            frame["query_id"].astype(str).to_numpy()[rows], np.array([position[int(r)] for r in gold]),
+                            num_grades=label_set.num_classes, l2=float(l2), folds=int(folds), seed=int(seed))
+    soft = np.full((len(keys), label_set.num_classes), np.nan, dtype=np.float32)
+    soft[rows] = probs
+    metrics: dict = {"features": names, "head": head.to_dict(), "gold_pairs": int(len(gold)),
+                     "gold_queries": int(len(set(frame["query_id"].iloc[gold]))), "pairs_read": int(len(rows))}
+    for split in ("val", "test"):
+        part = np.asarray(dm.splits[split], dtype=np.int64)
+        part = part[(labels[part] >= 0) & read[part]]
+        if len(part):
+            metrics[split] = reading_metrics(soft[part], frame, part, label_set, int(ece_bins))
+    metrics["train_gold_oof"] = reading_metrics(soft[gold], frame, gold, label_set, int(ece_bins))
+    judge = sources[0][1]
+    index = judge.index()
+    decision = judge.latents[[index[keys[r]] for r in rows], 0, :].astype(np.float64)
+    if latent_dim and len(rows) > int(latent_dim):
+        mean, components, explained = pca_projection(decision, int(latent_dim))
+        decision = (decision - mean) @ components
+        metrics["latent_pca"] = {"dim": int(components.shape[1]), "explained_variance": explained}
+    with atomic_path(out, directory=True) as tmp:
+        writer = ArtefactWriter(tmp, teacher_id=f"{teacher} (llama.cpp readings, a head fitted on the gold train "
+                                                f"pairs of this split and budget)",
+                                perspectives=list(perspectives), label_names=list(label_set.names),
+                                vector_dim=int(decision.shape[-1]), dataset_fingerprint=dm.fingerprint,
+                                extra={**(extra or {}), "latent": "decision_state", "soft_labels": "ordinal_head",
+                                       "head": metrics["head"], "teacher_test": metrics.get("test")})
+        for shard, start in enumerate(range(0, len(rows), int(shard_size))):
+            part = rows[start:start + int(shard_size)]
+            latents = np.repeat(decision[start:start + int(shard_size)][:, None, :], len(perspectives), axis=1)
+            writer.write_shard(shard, [keys[r][0] for r in part], [keys[r][1] for r in part],
+                               {p: [""] * len(part) for p in perspectives}, soft[part], latents.astype(np.float32))
+        writer.finalize()
+        write_json_atomic(Path(tmp) / METRICS_FILE, metrics)
+        if record is not None:
+            record(Path(tmp), metrics)
+    log.info("teacher head: %d gold pairs (%d queries) -> %d pairs in %s; teacher AUC on val %s, test %s",
+             len(gold), metrics["gold_queries"], len(rows), out, metrics.get("val", {}).get("auc"),
+             metrics.get("test", {}).get("auc"))
+    return metrics
+
+
+class HeadArtefact:
+    """A config callable (``teacher_artefact`` of the student stage): ``(dm, out, perspectives, seed)``
+    writes the head artefact of ``dm`` to ``out`` unless it exists. The other arguments are
+    :func:`write_head_artefact`'s."""
+
+    def __init__(self, reads_dir: str, teacher: str, panels: Sequence[str] = (), questions=None, l2: float = 0.01,
+                 folds: int = 5, latent_dim: int | None = 64):
+        self.options = {"reads_dir": reads_dir, "teacher": teacher, "panels": list(panels or []),
+                        "questions": None if questions is None else list(questions), "l2": float(l2),
+                        "folds": int(folds), "latent_dim": latent_dim}
+
+    def __call__(self, dm, out: str | Path, perspectives: Sequence[str], seed: int) -> Path:
+        out = Path(out)
+        if (out / METRICS_FILE).is_file():
+            return out
+        write_head_artefact(dm, out, perspectives=perspectives, seed=seed, **self.options)
+        return out
+
+
+__all__ = ["reading_features", "write_head_artefact", "HeadArtefact", "METRICS_FILE"]
