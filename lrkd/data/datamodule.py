@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import lightning as L
 import numpy as np
@@ -21,19 +21,19 @@ import pandas as pd
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
 from lrkd import artefact as artefact_lib
-from lrkd.data.batch import AUG_PREFIX
 from lrkd.data.budget import apply_gold_budget, gold_options
-from lrkd.data.encode import pad_sequences
+from lrkd.data.dataset import PairCollator, PairDataset
 from lrkd.data.pool import cached_pool, pool_options
 from lrkd.data.query_batches import make_query_group_loader, num_query_group_batches, sampler_options
 from lrkd.data.sampler import EpochSeededSampler, eval_sampler, make_train_loader
 from lrkd.schema import REQUIRED_COLUMNS, DataError, DataSpec, LabelSet, dataset_fingerprint
 from lrkd.data.splits import split_from_config
-from lrkd.data.tokenize import TokenizedView, tokenize_augmented, tokenize_standard
+from lrkd.data.tokenize import tokenize_augmented, tokenize_standard
+from lrkd.data.transfer import append_transfer, transfer_options
 from lrkd.encoders import resolve_model_path
 from lrkd.utils import plain
 
@@ -42,75 +42,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PERSPECTIVES = ("user_intent", "structured_analysis", "business_rules")
 
 
-# ------------------------------------------------------------------------------ dataset and collate
-class PairDataset(Dataset):
-    """The pairs of one split. Item j is dataset row ``rows[j]``.
-
-    tokens:      standard view of ALL rows of the dataset (indexed by row).
-    labels, relevance, query_index: [N_all] per-row arrays.
-    annotations: optional {"annotated" [N_all] bool, "has_rationale" [N_all] bool, "teacher_probs"
-                 [N_all, C] float32, "latent_targets" [N_all, K, D] float32} (indexed by row).
-    aug_tokens:  optional augmented view of THIS split's pairs (indexed by j, not by row).
-    """
-
-    def __init__(self, rows: np.ndarray, tokens: TokenizedView, labels: np.ndarray, relevance: np.ndarray,
-                 query_index: np.ndarray, annotations: Mapping[str, np.ndarray] | None = None,
-                 aug_tokens: TokenizedView | None = None):
-        self.rows = np.asarray(rows, dtype=np.int64)
-        self.tokens, self.labels, self.relevance, self.query_index = tokens, labels, relevance, query_index
-        self.annotations = dict(annotations) if annotations is not None else None
-        if aug_tokens is not None and len(aug_tokens) != len(self.rows):
-            raise ValueError(f"augmented view has {len(aug_tokens)} sequences for {len(self.rows)} pairs")
-        self.aug_tokens = aug_tokens
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, j: int) -> dict[str, Any]:
-        row = int(self.rows[j])
-        ids, types = self.tokens[row]
-        item = {"input_ids": ids, "token_type_ids": types, "labels": int(self.labels[row]),
-                "relevance": float(self.relevance[row]), "query_index": int(self.query_index[row]),
-                "pair_index": row}
-        if self.annotations is not None:
-            for key, values in self.annotations.items():
-                item[key] = values[row]
-        if self.aug_tokens is not None:
-            item["aug_input_ids"], item["aug_token_type_ids"] = self.aug_tokens[j]
-        return item
-
-
-class PairCollator:
-    """Items of :class:`PairDataset` -> the batch dict of :mod:`lrkd.data.batch`, padded to the
-    longest sequence of the batch (``pad_id`` for ids, 0 for types and mask)."""
-
-    def __init__(self, pad_id: int):
-        self.pad_id = int(pad_id)
-
-    def _view(self, items, prefix: str) -> dict[str, torch.Tensor]:
-        ids, mask = pad_sequences([it[prefix + "input_ids"] for it in items], self.pad_id)
-        types, _ = pad_sequences([it[prefix + "token_type_ids"] for it in items], 0)
-        return {prefix + "input_ids": ids, prefix + "attention_mask": mask, prefix + "token_type_ids": types}
-
-    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = self._view(items, "")
-        batch["labels"] = torch.tensor([it["labels"] for it in items], dtype=torch.long)
-        batch["relevance"] = torch.tensor([it["relevance"] for it in items], dtype=torch.float32)
-        batch["query_index"] = torch.tensor([it["query_index"] for it in items], dtype=torch.long)
-        batch["pair_index"] = torch.tensor([it["pair_index"] for it in items], dtype=torch.long)
-        first = items[0] if items else {}
-        if "annotated" in first:
-            batch["annotated"] = torch.tensor(np.array([it["annotated"] for it in items], dtype=bool))
-            if "has_rationale" in first:
-                batch["has_rationale"] = torch.tensor(np.array([it["has_rationale"] for it in items], dtype=bool))
-            batch["teacher_probs"] = torch.from_numpy(np.stack([it["teacher_probs"] for it in items]).astype(np.float32))
-            batch["latent_targets"] = torch.from_numpy(np.stack([it["latent_targets"] for it in items]).astype(np.float32))
-        if AUG_PREFIX + "input_ids" in first:
-            batch.update(self._view(items, AUG_PREFIX))
-        return batch
-
-
-# ------------------------------------------------------------------------------------ data module
 def grade_mean_relevance(df: pd.DataFrame, rows: np.ndarray, label_set: LabelSet) -> tuple[float, ...]:
     """Mean raw ``relevance`` of the pairs of each grade among ``rows`` (typically the train split):
     the per-grade ``values`` of ``labels.values: auto``."""
@@ -150,6 +81,9 @@ class RelevanceDataModule(L.LightningDataModule):
                 are appended as unlabelled rows (label -1) and join the train split
                 (:func:`lrkd.data.pool.build_pool`; cached under ``<cache_dir>/pool``). Val and test keep
                 exactly the rows they have without a pool; the fingerprint covers the pool rows.
+    transfer:   None, or the transfer table of ``stage=teacher_queries`` (a path, or {path, catalogue}):
+                its generated queries' pairs join the train split as unlabelled rows, after the pool
+                (:func:`lrkd.data.transfer.append_transfer`); the fingerprint covers them.
     path, max_pairs: accepted so that configs can forward them to the source; unused here.
 
     After ``setup``: ``frame`` (the DataFrame, the pool rows last), ``splits`` (name -> row indices),
@@ -164,7 +98,7 @@ class RelevanceDataModule(L.LightningDataModule):
                  duplicates: str = "error", with_augmented_view: bool = False, seed: int = 42,
                  path: str | None = None, max_pairs: int | None = None, pool: Mapping | None = None,
                  gold: Mapping | None = None, sampler: str = "shuffle", query_groups: Mapping | None = None,
-                 annotation_superset: bool = False):
+                 annotation_superset: bool = False, transfer: str | Mapping | None = None):
         super().__init__()
         if with_augmented_view and not annotations:
             raise ValueError(
@@ -190,6 +124,7 @@ class RelevanceDataModule(L.LightningDataModule):
         self.with_augmented_view = bool(with_augmented_view)
         self.seed = int(seed)
         self.pool = pool_options(plain(pool))
+        self.transfer = transfer_options(plain(transfer))
         self.gold = gold_options(plain(gold), default_seed=self.seed)
         self.sampler, self.query_groups = sampler_options(sampler, plain(query_groups))
         self.annotation_superset = bool(annotation_superset)
@@ -201,6 +136,7 @@ class RelevanceDataModule(L.LightningDataModule):
         self.frame: pd.DataFrame | None = None
         self.splits: dict[str, np.ndarray] = {}
         self.pool_rows: np.ndarray = np.empty(0, dtype=np.int64)
+        self.transfer_rows: np.ndarray = np.empty(0, dtype=np.int64)
         self.gold_queries: list = []
         self.fingerprint: str | None = None
         self.label_set: LabelSet | None = None
@@ -257,6 +193,9 @@ class RelevanceDataModule(L.LightningDataModule):
         if self.pool is not None:
             df, splits, pool_rows, hit = self._append_pool(df, splits, fingerprint)
             self.cache_hits["pool"] = hit
+            fingerprint = dataset_fingerprint(df)
+        if self.transfer is not None:  # generated queries' pairs: train only, unlabelled
+            df, splits, self.transfer_rows = append_transfer(df, splits, self.transfer)
             fingerprint = dataset_fingerprint(df)
         # the budget hides train grades (same rows, same texts): the fingerprint stays that of the pairs
         df, splits, self.gold_queries = apply_gold_budget(df, splits, self.gold, train_queries)

@@ -150,6 +150,26 @@ def top_k(scores: np.ndarray, k: int, tie_rank: np.ndarray, allowed: np.ndarray)
     return candidates[order[:k]]
 
 
+def rank_catalogue(queries: Sequence[str], items: Sequence[str], retriever: str = "bm25", k: int = 10,
+                   seed: int = 0, device: str = "cpu") -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per query: (positions in ``items`` of its top-k items, best first; their scores [<= k]
+    float32), ranked as :func:`build_pool` ranks (the same retrievers, BM25 floor and seeded tie
+    order), nothing left out. ``items``: the item texts (:func:`lrkd.data.encode.item_texts`)."""
+    if retriever not in RETRIEVERS:
+        raise ValueError(f"unknown retriever {retriever!r}; choose one of {RETRIEVERS}")
+    tie_rank = np.empty(len(items), dtype=np.int64)
+    tie_rank[np.random.default_rng(int(seed)).permutation(len(items))] = np.arange(len(items))
+    floor = 0.0 if retriever == "bm25" else -np.inf
+    out: list = [None] * len(queries)
+    if not len(queries) or not len(items):
+        return [(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in queries]
+    for start, block in _score_blocks(retriever, queries, items, device):
+        for j, scores in enumerate(block):
+            picks = top_k(scores, int(k), tie_rank, scores > floor)
+            out[start + j] = (picks, scores[picks].astype(np.float32))
+    return out
+
+
 # ---------------------------------------------------------------------------------------- pool
 def pool_columns(frame: pd.DataFrame) -> list[str]:
     """The schema columns of ``frame`` in the order a pool frame carries them."""

@@ -67,13 +67,13 @@ def sampler_options(sampler: str, options: Mapping | None) -> tuple[str, dict]:
 
 
 def item_queries(dataset) -> np.ndarray:
-    """[N] the query index of each item of a :class:`~lrkd.data.datamodule.PairDataset` (item j is
+    """[N] the query index of each item of a :class:`~lrkd.data.dataset.PairDataset` (item j is
     dataset row ``rows[j]``; ``query_index`` is per dataset row)."""
     return np.asarray(dataset.query_index)[np.asarray(dataset.rows)]
 
 
 def item_labelled(dataset) -> np.ndarray:
-    """[N] whether each item of a :class:`~lrkd.data.datamodule.PairDataset` has a gold grade."""
+    """[N] whether each item of a :class:`~lrkd.data.dataset.PairDataset` has a gold grade."""
     return np.asarray(dataset.labels)[np.asarray(dataset.rows)] >= 0
 
 

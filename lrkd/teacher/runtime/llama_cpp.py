@@ -139,8 +139,10 @@ class LlamaCppRuntime(TeacherRuntime):
         return self.engine.is_eog(token)
 
     def generate(self, prefix: Sequence[Sequence[int]], tokens: Sequence[int], max_new_tokens: int, *,
-                 temperature: float = 0.0, seed: int = 0, no_repeat_ngram_size: int = 0) -> list[int]:
-        """The completion's token ids after the ``prefix`` segments and ``tokens`` (without the end token).
+                 temperature: float = 0.0, seed: int = 0, no_repeat_ngram_size: int = 0,
+                 stop_ids: Sequence[int] = ()) -> list[int]:
+        """The completion's token ids after the ``prefix`` segments and ``tokens`` (without the end token,
+        nor a token of ``stop_ids``, which ends the completion too: e.g. the tokens holding a newline).
 
         temperature <= 0: greedy; otherwise sampled from softmax(logits / temperature) with a numpy
         generator seeded by ``seed``. no_repeat_ngram_size n > 0: a token that would repeat an
@@ -151,6 +153,7 @@ class LlamaCppRuntime(TeacherRuntime):
         rng = np.random.default_rng(int(seed))
         out: list[int] = []
         n = int(no_repeat_ngram_size)
+        stop = frozenset(int(t) for t in stop_ids)
         for _ in range(int(max_new_tokens)):
             logits = self.engine.logits(self._last[-1])
             if n > 0 and len(out) >= n - 1:
@@ -164,7 +167,7 @@ class LlamaCppRuntime(TeacherRuntime):
                 token = int(rng.choice(len(z), p=z / z.sum()))
             else:
                 token = int(np.argmax(logits))
-            if self.is_end(token):
+            if self.is_end(token) or token in stop:
                 break
             out.append(token)
             if position + 1 > self.n_ctx:
