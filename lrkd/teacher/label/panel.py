@@ -26,6 +26,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from lrkd.data.encode import item_text
+from lrkd.schema import text_fields
 from lrkd.teacher.label.readers import softmax
 from lrkd.teacher.runtime.batched import Feed, Prefix, Rewind
 from lrkd.teacher.prompts import TASK_INTRO, clip_words, prompt_add_special_tokens, render_message
@@ -106,9 +108,6 @@ def choose_examples(frame, rows: Sequence[int], bank: Sequence[str], k: int, rel
     """Two example sets of ``k`` pairs each (half relevant, half not; at most one pair per query and
     side while the bank allows), from the labelled ``rows`` of the bank's queries: set 0 from the
     first half of ``bank``, set 1 from the second. Returns ([], []) for k = 0."""
-    from lrkd.data.encode import item_text
-    from lrkd.schema import text_fields
-
     if k <= 0:
         return [], []
     bank = [str(q) for q in bank]

@@ -26,6 +26,7 @@ settings record.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 from abc import ABC, abstractmethod
 from typing import Sequence
@@ -341,7 +342,6 @@ def open_engine(gguf_path, engine: str = "cyllama", **kwargs) -> LlamaEngine:
 def engine_available(engine: str) -> bool:
     """Whether ``engine``'s binding is installed (without loading a model)."""
     module = {"cyllama": "cyllama", "ik_llama": "ik_llama_cpp"}[engine]
-    import importlib.util
 
     return importlib.util.find_spec(module) is not None
 
