@@ -74,7 +74,8 @@ class ServerProcess:
             time.sleep(0.2)
 
     def output(self) -> str:
-        self._out.flush()
+        if not self._out.closed:
+            self._out.flush()
         return self.log.read_text(errors="replace")
 
     def terminate(self) -> None:
