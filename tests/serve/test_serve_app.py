@@ -195,3 +195,37 @@ def test_health_info_metrics_and_openapi(client):
     item = schema["components"]["schemas"]["ScoreItem"]
     assert {"title", "brand", "description", "id"} == set(item["properties"]) and item["additionalProperties"] is False
     assert client.get("/nowhere").json()["error_type"] == "not_found"
+
+
+def test_a_checkpoint_is_served_with_onnx_runtime_or_pytorch_as_lrkd_predict_scores_it(tmp_path, tokenizer):
+    """--checkpoint (a Lightning .ckpt, read without Lightning): exported to ONNX at start-up by default,
+    eager PyTorch with --backend torch; both score as `lrkd predict --checkpoint`."""
+    from lrkd.serve.scorers import load_scorer
+    from tests.serve import fit_and_save, tiny_student
+
+    ckpt = fit_and_save(tiny_student("poly", seed=12), tmp_path / "student.ckpt")
+    rows = [{"query": q, "item_title": t} for q, t, _, _ in PAIRS]
+    src, out = tmp_path / "pairs.jsonl", tmp_path / "scored.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scorer, config = load_scorer(ckpt)
+    predict_file(src, out, scorer, config, progress=False, tokenizer=tokenizer, text_fields=())
+    expected = pd.read_json(out, lines=True)["expected_relevance"].to_numpy()
+    for backend in ("onnx", "torch"):
+        model = load_model(checkpoint=ckpt, backend=backend, threads=1)
+        assert model.backend == backend
+        with TestClient(create_app(model, tokenizer=tokenizer)) as c:
+            r = c.post("/rerank", json={"query": PAIRS[0][0], "texts": [p[1] for p in PAIRS], "raw_scores": True})
+        got = {x["index"]: x["score"] for x in r.json()}
+        np.testing.assert_allclose([got[i] for i in range(len(PAIRS))], expected, atol=1e-5)
+        assert model.workdir is None  # the exported copy is removed at shutdown
+
+
+def test_the_command_line_refuses_bad_sources(tmp_path, capsys):
+    from lrkd.cli import main
+
+    assert main(["serve", "--onnx", str(tmp_path / "missing.onnx")]) == 2
+    assert "not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve"])                      # one source is required
+    with pytest.raises(SystemExit):
+        main(["serve", "--onnx", "a.onnx", "--checkpoint", "b.ckpt"])
