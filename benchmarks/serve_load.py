@@ -16,11 +16,14 @@ numpy<2 and sentence-transformers<4: ``setup`` gives it a virtual environment of
 Requests: a chorus_icecat query and 20 catalogue items (title + brand, description, attributes as
 lrkd.data.encode.item_text writes them), seeded; both servers get the same requests through their
 Cohere-shaped endpoints (lrkd /v1/rerank, infinity /rerank). Each (concurrency, server) block is
-bounded by --requests-per-block requests (at least one per client) and --block-seconds; blocks run in rounds,
-the servers alternating first, so the machine's load hits both alike; both servers stay up the
-whole run (the idle one waits on a socket). Reported per server and concurrency: pairs/s (pairs
-answered / block wall time, summed over rounds), p50 and p99 latency over all requests, errors;
-and lrkd / infinity ratios. The machine's load average is recorded before and after every block.
+bounded by --requests-per-block requests (at least --min-client-requests per client, so that a block at
+concurrency 32 is not one burst) and --block-seconds; blocks run in rounds, the servers alternating
+first, so the machine's load hits both alike; both servers stay up the whole run (the idle one waits
+on a socket), with the same --threads. Reported per server and concurrency: pairs/s (pairs answered
+/ block wall time, summed over rounds), p50 and p99 latency over all requests, errors; and lrkd /
+infinity ratios. Each run's rows are merged into the record (--key) by concurrency, so the
+concurrencies may be run one at a time; each row keeps its date, settings, the load average before
+and after every block and the busiest other processes at its start (the machine may be shared).
 """
 from __future__ import annotations
 
@@ -125,6 +128,12 @@ def machine() -> dict:
 
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def busiest(n: int = 5) -> list[str]:
+    """The n processes using the most CPU (ps: %cpu, nice, the first 80 characters of the command)."""
+    out = subprocess.run(["ps", "-eo", "pcpu,ni,args", "--sort=-pcpu", "--no-headers"], capture_output=True, text=True)
+    return [" ".join(line.split())[:80] for line in out.stdout.splitlines()[:n]]
 
 
 def rss_mib(pid: int) -> float:
@@ -261,6 +270,7 @@ def run(args) -> None:
     work = Path(args.work)
     pool = requests_pool(400)
     servers = {"lrkd": start_lrkd(work, args.port, args)}
+    at_start = {"loadavg": loadavg(), "busiest": busiest()}
     try:
         servers["infinity"] = start_infinity(work, args.port + 1, args)
         for s in servers.values():  # warm-up
@@ -272,26 +282,32 @@ def run(args) -> None:
                 order = list(servers) if (r + args.concurrency.index(c)) % 2 == 0 else list(servers)[::-1]
                 for name in order:
                     before = loadavg()
-                    per_client = max(1, -(-args.requests_per_block // c))
+                    per_client = max(args.min_client_requests, -(-args.requests_per_block // c))
                     block = asyncio.run(load_block(servers[name], pool, c, per_client, args.block_seconds))
                     block["loadavg"] = [before, loadavg()]
                     blocks[(name, c)].append(block)
                     print(f"round {r} c={c} {name}: {block['pairs'] / block['wall_s']:.0f} pairs/s, "
                           f"{block['requests']} requests, {block['errors']} errors, load {block['loadavg']}", flush=True)
         idle = {name: rss_mib(s.proc.pid) for name, s in servers.items()}
-        results = {}
+        key = args.key or ("load" if not args.int8 else "load_int8")
+        old = json.loads(RESULTS.read_text()).get(key, {}) if RESULTS.exists() else {}
+        results = dict(old.get("results", {}))
+        settings = {k: v for k, v in vars(args).items() if k not in ("func", "concurrency")}
         for c in args.concurrency:
             row = {name: summary(blocks[(name, c)]) for name in servers}
             row["ratio_lrkd_over_infinity"] = {
                 "pairs_per_s": round(row["lrkd"]["pairs_per_s"] / row["infinity"]["pairs_per_s"], 2),
                 "p50": round(row["lrkd"]["p50_ms"] / row["infinity"]["p50_ms"], 2),
                 "p99": round(row["lrkd"]["p99_ms"] / row["infinity"]["p99_ms"], 2)}
+            row.update(date=time.strftime("%Y-%m-%d %H:%M"), settings=settings, at_start=at_start, rss_mib_after=idle)
             results[f"concurrency_{c}"] = row
-        report = {"kind": "load", "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
-                  "settings": {k: v for k, v in vars(args).items() if k != "func"},
-                  "docs_per_request": DOCS, "max_length": MAX_LENGTH, "rss_mib_after": idle, "results": results}
-        save("load" if not args.int8 else "load_int8", report)
-        print(json.dumps(results, indent=1))
+        report = {"kind": "load", "machine": machine(), "docs_per_request": DOCS, "max_length": MAX_LENGTH,
+                  "results": dict(sorted(results.items(), key=lambda kv: int(kv[0].split("_")[1])))}
+        save(key, report)
+        for c in args.concurrency:
+            row = results[f"concurrency_{c}"]
+            print(f"c={c}: " + "; ".join(f"{n} {row[n]['pairs_per_s']} pairs/s p50 {row[n]['p50_ms']} p99 {row[n]['p99_ms']} ms"
+                                         for n in servers) + f"; ratios {row['ratio_lrkd_over_infinity']}")
     finally:
         for s in servers.values():
             s.stop()
@@ -303,7 +319,8 @@ def soak(args) -> None:
     server = start_lrkd(work, args.port, args)
     try:
         asyncio.run(load_block(server, pool, args.soak_concurrency, 5, 60))
-        start = {"rss_mib": rss_mib(server.proc.pid), "loadavg": loadavg(), "time": time.strftime("%H:%M:%S")}
+        start = {"rss_mib": rss_mib(server.proc.pid), "loadavg": loadavg(), "time": time.strftime("%H:%M:%S"),
+                 "busiest": busiest()}
         samples, totals = [], {"requests": 0, "errors": 0, "pairs": 0}
         t_end = time.monotonic() + args.soak_minutes * 60
         while time.monotonic() < t_end:
@@ -314,9 +331,12 @@ def soak(args) -> None:
                             "rss_mib": rss_mib(server.proc.pid), "requests": block["requests"], "errors": block["errors"],
                             "p99_ms": round(float(np.percentile(np.array(block["latencies"]) * 1000, 99)), 1)})
             print(samples[-1], flush=True)
-        end = {"rss_mib": rss_mib(server.proc.pid), "loadavg": loadavg(), "time": time.strftime("%H:%M:%S")}
+        end = {"rss_mib": rss_mib(server.proc.pid), "loadavg": loadavg(), "time": time.strftime("%H:%M:%S"),
+               "busiest": busiest()}
         save("soak", {"kind": "soak", "date": time.strftime("%Y-%m-%d %H:%M"), "minutes": args.soak_minutes,
-                      "concurrency": args.soak_concurrency, "int8": args.int8, **totals, "start": start, "end": end,
+                      "concurrency": args.soak_concurrency, "int8": args.int8, "threads": args.threads,
+                      "lrkd_args": args.lrkd_args, "nice": os.nice(0), "machine": machine(), **totals,
+                      "start": start, "end": end,
                       "samples": samples})
     finally:
         server.stop()
@@ -341,7 +361,9 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--requests-per-block", type=int, default=24,
                    help="requests per (server, concurrency, round) block, at least one per client")
-    p.add_argument("--block-seconds", type=float, default=60, help="no request starts later in a block")
+    p.add_argument("--min-client-requests", type=int, default=3, help="requests per client per block at least")
+    p.add_argument("--block-seconds", type=float, default=90, help="no request starts later in a block")
+    p.add_argument("--key", default=None, help="the record in the results file (default: load, or load_int8)")
     p.add_argument("--infinity-engine", default="optimum", choices=("torch", "optimum"),
                    help="optimum: ONNX Runtime on the fp32 ONNX export (infinity's fastest on CPU); torch: eager")
     p.add_argument("--infinity-batch-size", type=int, default=32)
