@@ -19,17 +19,17 @@ from lrkd.serve.app import create_app
 from lrkd.serve.service import load_model
 from tests.serve import MINILM, ROOT, load_minilm_tokenizer
 
-pytestmark = pytest.mark.slow
-
 CHORUS = ROOT / "datasets" / "chorus_icecat"
 LABELS = {"names": ["perfect", "good", "fair", "poor"], "gains": [3, 2, 1, 0], "values": [3, 2, 1, 0],
           "relevant_up_to": 1}
 FIELDS = ("brand", "description", "attributes")
 PAIRS = 160
-# bounds: on this student int8 (per-channel) moves P by ~0.05 and keeps Spearman ~0.99 (see the report
-# the test prints); weight scales off by up to 2x move P by > 0.3 or rank correlation under 0.9
-MAX_PROB_DIFF = 0.2
-MIN_SPEARMAN = 0.95
+# bounds: on this student int8 (per channel) moves P by up to 0.15, keeps Spearman at 0.94 and the argmax
+# of 91 % of the pairs (its expected relevance spreads little, std 0.19 on 0-3, so int8's noise shows in
+# the ranks); weight scales off by up to 2x move P by 0.71 and leave Spearman at 0.04 (the test prints
+# both). A trained MiniLM student on chorus_icecat's test split: P moved by up to 0.24 (benchmarks/README.md).
+MAX_PROB_DIFF = 0.25
+MIN_SPEARMAN = 0.9
 
 
 def _student():
@@ -41,7 +41,7 @@ def _student():
     encoder = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "student" / "minilm.yaml"))
     encoder["tokenizer"] = MINILM
     extractor = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "extractor" / "none.yaml"))
-    return RelevanceStudent(encoder, extractor, LABELS, []).eval()
+    return RelevanceStudent(encoder, extractor, LABELS, ["user_intent", "structured_analysis", "business_rules"]).eval()
 
 
 def _pairs() -> pd.DataFrame:
