@@ -3,6 +3,7 @@
     lrkd train [group=option ...] [-m]     train a stage (Hydra; the same as ``python train.py``)
     lrkd predict --checkpoint C --input F --output O    score a file of (query, item) pairs
     lrkd export --checkpoint C --output student.onnx    ONNX (fp32, int8) and the save_pretrained form
+    lrkd serve --onnx student.onnx [--port 8080]       the student behind HTTP rerank APIs (lrkd.serve.server)
     lrkd report DIR ...                     multirun directories -> tables and plots
     lrkd zero-to-fp32 DIR [OUT]             a DeepSpeed ZeRO checkpoint -> one fp32 .ckpt
 
@@ -32,6 +33,7 @@ COMMANDS = {
     "train": "train a stage: Hydra overrides, as `python train.py` takes them (conf/train.yaml)",
     "predict": "score a CSV/TSV, JSONL or Parquet file of (query, item) pairs",
     "export": "export a student to ONNX (fp32, int8) and the save_pretrained form",
+    "serve": "serve a student over HTTP: TEI /rerank, Cohere/Jina /v1 and /v2/rerank, /score",
     "report": "multirun directories -> grouped tables (md, csv) and plots",
     "zero-to-fp32": "a DeepSpeed ZeRO checkpoint directory -> one fp32 .ckpt",
 }
@@ -186,7 +188,13 @@ def eval_datamodule(data: str, tokenizer: str, max_length: int, batch_size: int 
     return dm
 
 
-# --------------------------------------------------------------------------- report, zero-to-fp32
+# --------------------------------------------------------------------------- serve, report, zero-to-fp32
+def serve(argv: Sequence[str]) -> int:
+    from lrkd.serve.server import main as serve_main
+
+    return serve_main(argv, prog="lrkd serve")
+
+
 def report(argv: Sequence[str]) -> int:
     from lrkd.report import main as report_main
 
@@ -200,7 +208,7 @@ def zero_to_fp32(argv: Sequence[str]) -> int:
 
 
 RUNNERS: dict[str, Callable[[Sequence[str]], int]] = {
-    "train": train, "predict": predict, "export": export, "report": report, "zero-to-fp32": zero_to_fp32}
+    "train": train, "predict": predict, "export": export, "serve": serve, "report": report, "zero-to-fp32": zero_to_fp32}
 
 
 def parser() -> argparse.ArgumentParser:

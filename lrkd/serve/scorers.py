@@ -47,9 +47,11 @@ class TorchScorer:
 
 class OnnxScorer:
     """ONNX Runtime scoring of an exported student: the :class:`Scorer` interface.
-    threads: intra-op threads (None = ONNX Runtime's default, all cores)."""
+    threads: intra-op threads (None = ONNX Runtime's default, all cores). spin: whether idle
+    intra-op threads spin-wait for the next run (ONNX Runtime's default; off lets a busy server's
+    other threads have the cores between batches)."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, spin: bool = True):
         import onnxruntime as ort  # the serve extra
 
         self.path = Path(path)
@@ -60,6 +62,8 @@ class OnnxScorer:
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own error types for a file it cannot parse
