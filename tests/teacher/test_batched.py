@@ -21,7 +21,7 @@ from tests.teacher.test_llama_cpp import SMOL, _ids, _prompts, needs_gguf
 pytest.importorskip("cyllama", reason="the llamacpp extra is not installed")
 ENGINES = [pytest.param("cyllama"),
            pytest.param("ik_llama", marks=pytest.mark.skipif(not engine_available("ik_llama"),
-                                                             reason="the ik_llama extra is not installed"))]
+                                                             reason="the ikllama extra is not installed"))]
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +213,7 @@ def test_batched_scoring_reads_what_sequential_scoring_reads(tokenizer, tmp_path
     assert not np.array_equal(many.soft_labels[rows][0], many.soft_labels[rows][1])
 
 
-@pytest.mark.skipif(not engine_available("ik_llama"), reason="the ik_llama extra is not installed")
+@pytest.mark.skipif(not engine_available("ik_llama"), reason="the ikllama extra is not installed")
 def test_ik_llama_refuses_the_file_type_it_computes_wrongly():
     from lrkd.teacher.runtime.engines import open_engine
 

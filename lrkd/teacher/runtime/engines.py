@@ -36,7 +36,7 @@ import numpy as np
 ENGINES = ("cyllama", "ik_llama")
 INSTALL_HINTS = {
     "cyllama": "pip install 'lrkd[llamacpp]'  (cyllama: a prebuilt wheel of llama.cpp)",
-    "ik_llama": "pip install 'lrkd[ik_llama]'  (ik-llama-cpp-python: a prebuilt wheel of ik_llama.cpp)",
+    "ik_llama": "pip install 'lrkd[ikllama]'  (ik-llama-cpp-python: a prebuilt wheel of ik_llama.cpp)",
 }
 
 
