@@ -34,6 +34,7 @@ from typing import Sequence
 import numpy as np
 
 from lrkd.teacher.runtime.base import TeacherRuntime
+from lrkd.teacher.runtime.batched import next_token
 from lrkd.teacher.runtime.engines import open_engine
 
 log = logging.getLogger(__name__)
@@ -152,21 +153,9 @@ class LlamaCppRuntime(TeacherRuntime):
         position += len(tokens)
         rng = np.random.default_rng(int(seed))
         out: list[int] = []
-        n = int(no_repeat_ngram_size)
         stop = frozenset(int(t) for t in stop_ids)
         for _ in range(int(max_new_tokens)):
-            logits = self.engine.logits(self._last[-1])
-            if n > 0 and len(out) >= n - 1:
-                head = tuple(out[len(out) - n + 1:]) if n > 1 else ()
-                banned = [out[i + n - 1] for i in range(len(out) - n + 1) if tuple(out[i:i + n - 1]) == head]
-                if banned:
-                    logits[np.asarray(banned)] = -np.inf
-            if temperature and temperature > 0:
-                z = logits / float(temperature)
-                z = np.exp(z - z.max())
-                token = int(rng.choice(len(z), p=z / z.sum()))
-            else:
-                token = int(np.argmax(logits))
+            token = next_token(self.engine.logits(self._last[-1]), out, no_repeat_ngram_size, temperature, rng)
             if self.is_end(token) or token in stop:
                 break
             out.append(token)
