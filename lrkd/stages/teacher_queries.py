@@ -36,9 +36,10 @@ from lrkd.data.transfer import candidate_pairs, filter_queries, sample_products,
 from lrkd.schema import DataError, text_fields
 from lrkd.stages.base import StageRun, fingerprint_config, stage_folder
 from lrkd.teacher.label.panel import choose_bank
-from lrkd.teacher.label.queries import (EXECUTION_KEY, QUERY_INSTRUCTION, SETTINGS_FILE, QUERY_PREFIX, QueryWriter,
+from lrkd.teacher.label.queries import (QUERY_INSTRUCTION, SETTINGS_FILE, QUERY_PREFIX, QueryWriter,
                                         choose_query_examples, generate_queries, newline_token_ids, parse_query,
                                         product_prompts, query_message, read_generations)
+from lrkd.teacher.label.workers import EXECUTION_KEY
 from lrkd.teacher.prompts import render_message
 from lrkd.teacher.model import llama_cpp_source
 from lrkd.teacher.runtime.engines import resolve_engine

@@ -30,7 +30,8 @@ from lrkd.teacher.label.head import pca_projection, reading_metrics
 from lrkd.teacher.label.panel import (ANSWER_PREFIX, PanelReader, choose_bank, choose_examples, panel_prompt,
                                       questions_from_config, score_names)
 from lrkd.teacher.label.readers import JudgementReader, RationaleReader, prompts_for_rows
-from lrkd.teacher.label.score_pool import EXECUTION_KEY, iter_reads, score_pairs
+from lrkd.teacher.label.score_pool import iter_reads, score_pairs
+from lrkd.teacher.label.workers import EXECUTION_KEY
 from lrkd.teacher.model import llama_cpp_source
 from lrkd.teacher.prompts import JUDGE_ANSWERS, JUDGE_INSTRUCTION, JUDGE_PREFIX, perspectives_from_config
 from lrkd.teacher.runtime.engines import resolve_engine

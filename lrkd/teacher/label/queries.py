@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing as mp
 import os
 import time
 from dataclasses import dataclass
@@ -40,10 +39,10 @@ from transformers import AutoTokenizer
 from lrkd.data.encode import item_text
 from lrkd.schema import text_fields
 from lrkd.teacher.label.readers import SequenceLimits
+from lrkd.teacher.label.workers import (EXECUTION_KEY, PART_PREFIX, part_slots, run_requests, run_workers,
+                                        settings_difference)
 from lrkd.teacher.prompts import clip_words, prompt_add_special_tokens, render_message
-from lrkd.teacher.runtime.batched import BatchedDecoder, Feed, Prefix, context_cells, generation
-from lrkd.teacher.runtime.engines import open_engine
-from lrkd.teacher.runtime.llama_cpp import LlamaCppRuntime
+from lrkd.teacher.runtime.batched import Feed, Prefix, generation
 from lrkd.utils import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -55,8 +54,6 @@ QUERY_INSTRUCTION = ("You write the search queries of an online shop's customers
 PRODUCT_MARK = "Product: "
 QUERY_PREFIX = "Query:"
 SETTINGS_FILE = "settings.json"
-PART_PREFIX = "worker-"
-EXECUTION_KEY = "execution"  # how generations were run (engine, sequences in flight): provenance, not settings
 
 
 @dataclass(frozen=True)
@@ -188,7 +185,7 @@ class QueryWriter:
         return self._decode(ids)
 
     def program(self, prompt: ProductPrompt, limits: SequenceLimits):
-        """The same generation as a :class:`BatchedDecoder` request."""
+        """The same generation as a :class:`lrkd.teacher.runtime.batched.BatchedDecoder` request."""
         yield Prefix(tuple(prompt.shared))
         first = yield Feed(prompt.product, "last")
         ids = yield from generation(first, self.max_new_tokens, lambda t: limits.is_end(t) or t in self.stop_ids,
@@ -209,32 +206,6 @@ class GenerationJob:
     writer: Any
     rows: list[ProductPrompt]
     shard_size: int = 32
-
-
-def _generations(job: GenerationJob):
-    """(prompt, (completion, new tokens)) per row: one sequence at a time, or with n_seq > 1 through a
-    :class:`BatchedDecoder` (in the order they finish)."""
-    runtime = dict(job.runtime)
-    n_seq = int(runtime.pop("n_seq", 1) or 1)
-    engine = str(runtime.pop("engine", "cyllama") or "cyllama")
-    kwargs = {k: int(v) for k, v in runtime.items()}
-    if n_seq <= 1:
-        rt = LlamaCppRuntime(job.gguf, engine=engine, **kwargs)
-        try:
-            for prompt in job.rows:
-                yield prompt, job.writer(rt, prompt)
-        finally:
-            rt.close()
-        return
-    prefix_cells = max((len(r.shared) for r in job.rows), default=0)
-    eng = open_engine(job.gguf, engine, n_ctx=context_cells(n_seq, kwargs["n_ctx"], 1, prefix_cells),
-                      n_threads=kwargs.get("n_threads", 1), n_batch=kwargs.get("n_batch", 512), n_seq=n_seq + 1)
-    try:
-        limits = SequenceLimits(kwargs["n_ctx"], eng.is_eog)
-        requests = ((p, (lambda p=p: job.writer.program(p, limits))) for p in job.rows)
-        yield from BatchedDecoder(eng, n_seq, max_prefixes=1).run(requests)
-    finally:
-        eng.close()
 
 
 def _shards(part: Path) -> list[Path]:
@@ -259,7 +230,7 @@ def _run_job(job: GenerationJob) -> dict:
         shard += 1
         chunk.clear()
 
-    for prompt, (text, n_new) in _generations(job):
+    for prompt, (text, n_new) in run_requests(job.gguf, job.runtime, job.rows, job.writer, max_prefixes=1):
         chunk.append((prompt.item_id, text, n_new))
         written += 1
         if written % 25 == 0:
@@ -280,21 +251,14 @@ def read_generations(out_dir: str | os.PathLike) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).astype({"item_id": str, "completion": str})
 
 
-def _settings(record: Mapping) -> dict:
-    out = json.loads(json.dumps(dict(record), default=str))
-    out.pop(EXECUTION_KEY, None)
-    return out
-
-
 def check_settings(out_dir: str | os.PathLike, settings: Mapping) -> None:
     """``out_dir`` holds generations made with ``settings`` (their ``execution`` entry aside), or
     none yet (the record is written then); otherwise a ValueError naming the differences (nothing
     is removed)."""
     path = Path(out_dir) / SETTINGS_FILE
     if path.is_file():
-        found, wanted = _settings(json.loads(path.read_text())), _settings(settings)
-        if found != wanted:
-            diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+        diff = settings_difference(json.loads(path.read_text()), settings)
+        if diff:
             raise ValueError(f"the generations in {out_dir} were made with other settings (they differ in {diff}); "
                              f"generate into another folder (stage.generations_dir) or move it away")
         return
@@ -317,24 +281,17 @@ def generate_queries(prompts: Sequence[ProductPrompt], *, gguf: str, runtime: Ma
     if not pending:
         return {"pending": 0, "written": 0, "seconds": 0.0}
     workers = max(1, min(int(workers), len(pending)))
-    existing = sorted(p.name for p in out_dir.glob(PART_PREFIX + "*") if p.is_dir())
-    fresh = [n for n in (f"{PART_PREFIX}{i:03d}" for i in range(10_000)) if n not in existing]
-    slots = existing[:workers] + fresh[:max(0, workers - len(existing))]
+    slots = part_slots(out_dir, workers)
     jobs = [GenerationJob(w, str(gguf), dict(runtime), str(out_dir / slots[w]), writer, list(pending[w::workers]),
                           int(shard_size)) for w in range(workers)]
     log.info("generating queries for %d products (%d done) with %d worker(s) into %s", len(pending), len(done),
              workers, out_dir)
     started = time.time()
-    if workers == 1:
-        results = [_run_job(jobs[0])]
-    else:
-        with mp.get_context("spawn").Pool(workers) as pool:
-            results = pool.map(_run_job, jobs)
+    results = run_workers(_run_job, jobs)
     return {"pending": len(pending), "written": sum(r["written"] for r in results),
             "seconds": time.time() - started, "workers": results}
 
 
 __all__ = ["QueryExample", "ProductPrompt", "QueryWriter", "choose_query_examples", "query_message",
            "product_prompts", "newline_token_ids", "parse_query", "product_seed", "generate_queries",
-           "read_generations", "check_settings", "QUERY_INSTRUCTION", "QUERY_PREFIX", "PRODUCT_MARK", "SETTINGS_FILE",
-           "EXECUTION_KEY"]
+           "read_generations", "check_settings", "QUERY_INSTRUCTION", "QUERY_PREFIX", "PRODUCT_MARK", "SETTINGS_FILE"]

@@ -12,13 +12,11 @@ labels, optional per-pair scores) into one part per worker, ``<reads>/worker-<r>
 resumes: pairs in any part are not read again, the rest are dealt round-robin to the workers (any
 number). A part written with other settings (another ``extra`` record) stops the run with an error
 and is never removed; the engine and the batching (``extra["execution"]``) are provenance, not
-settings. :func:`iter_reads` reads them back.
+settings (:mod:`lrkd.teacher.label.workers` runs the workers). :func:`iter_reads` reads them back.
 """
 from __future__ import annotations
 
-import json
 import logging
-import multiprocessing as mp
 import os
 import time
 from dataclasses import dataclass, field
@@ -29,14 +27,12 @@ import numpy as np
 
 from lrkd.artefact import ArtefactWriter, iter_shards, read_manifest
 from lrkd.artefact.ranks import artefact_keys
-from lrkd.teacher.label.readers import PairPrompt, SequenceLimits
-from lrkd.teacher.runtime.batched import BatchedDecoder, context_cells
-from lrkd.teacher.runtime.engines import open_engine
-from lrkd.teacher.runtime.llama_cpp import LlamaCppRuntime
+from lrkd.teacher.label.readers import PairPrompt
+from lrkd.teacher.label.workers import (EXECUTION_KEY, PART_PREFIX, part_slots, run_requests, run_workers,
+                                        settings_difference)
 
 log = logging.getLogger(__name__)
 
-WORKER_PREFIX = "worker-"
 
 @dataclass
 class ScoreJob:
@@ -53,43 +49,8 @@ class ScoreJob:
     progress_every: int = 25
 
 
-def _runtime_settings(runtime: Mapping) -> tuple[dict, int, str]:
-    """(LlamaCppRuntime keyword arguments, sequences in flight, engine name) of a runtime record
-    (``teacher.llama_cpp``: n_ctx, n_threads, n_batch, and optionally engine, n_seq)."""
-    runtime = dict(runtime)
-    n_seq = int(runtime.pop("n_seq", 1) or 1)
-    engine = str(runtime.pop("engine", "cyllama") or "cyllama")
-    return {k: int(v) for k, v in runtime.items()}, n_seq, engine
-
-
 def _with_scores(reading: tuple) -> tuple:
     return tuple(reading) if len(reading) == 4 else (*reading, {})
-
-
-def _readings(job: ScoreJob, rows: Sequence[PairPrompt]):
-    """(prompt, soft, latents, rationales, scores) of each row: one sequence at a time, or with
-    n_seq > 1 through a :class:`BatchedDecoder` (in the order they finish). A reader returns
-    (soft, latents, rationales) or (soft, latents, rationales, scores)."""
-    kwargs, n_seq, engine = _runtime_settings(job.runtime)
-    if n_seq <= 1:
-        runtime = LlamaCppRuntime(job.gguf, engine=engine, **kwargs)
-        try:
-            for prompt in rows:
-                yield (prompt, *_with_scores(job.reader(runtime, prompt)))
-        finally:
-            runtime.close()
-        return
-    prefix_cells = max((len(r.shared) for r in rows), default=0)
-    eng = open_engine(job.gguf, engine, n_ctx=context_cells(n_seq, kwargs["n_ctx"], 2, prefix_cells),
-                      n_threads=kwargs.get("n_threads", 1), n_batch=kwargs.get("n_batch", 512), n_seq=n_seq + 2)
-    try:
-        decoder = BatchedDecoder(eng, n_seq, max_prefixes=2)
-        limits = SequenceLimits(kwargs["n_ctx"], eng.is_eog)
-        requests = ((prompt, (lambda p=prompt: job.reader.program(p, limits))) for prompt in rows)
-        for prompt, reading in decoder.run(requests):
-            yield (prompt, *_with_scores(reading))
-    finally:
-        eng.close()
 
 
 def _run_job(job: ScoreJob) -> dict:
@@ -113,8 +74,8 @@ def _run_job(job: ScoreJob) -> dict:
         next_shard += 1
         chunk.clear()
 
-    for reading in _readings(job, rows):
-        chunk.append(reading)
+    for prompt, reading in run_requests(job.gguf, job.runtime, rows, job.reader, max_prefixes=2):
+        chunk.append((prompt, *_with_scores(reading)))
         written += 1
         if written % int(job.progress_every) == 0:
             log.info("%d/%d pairs, %.2f s/pair", written, len(rows), (time.time() - started) / written)
@@ -126,16 +87,7 @@ def _run_job(job: ScoreJob) -> dict:
 
 
 def part_dirs(reads_dir: str | os.PathLike) -> list[Path]:
-    return sorted(Path(reads_dir).glob(WORKER_PREFIX + "*"))
-
-
-EXECUTION_KEY = "execution"  # how a reading was run (engine, sequences in flight): provenance, not settings
-
-
-def _reading_settings(extra: Mapping) -> dict:
-    record = json.loads(json.dumps(dict(extra), default=str))
-    record.pop(EXECUTION_KEY, None)
-    return record
+    return sorted(Path(reads_dir).glob(PART_PREFIX + "*"))
 
 
 def check_parts(reads_dir: str | os.PathLike, extra: Mapping) -> None:
@@ -143,14 +95,13 @@ def check_parts(reads_dir: str | os.PathLike, extra: Mapping) -> None:
     ``execution`` entry aside: readings by another engine or batch size are resumed, not redone).
     A part made with other settings stops the run with an error naming the difference: finished
     readings are never removed."""
-    wanted = _reading_settings(extra)
     for part in part_dirs(reads_dir):
         try:
-            found = _reading_settings(read_manifest(part).extra)
+            found = read_manifest(part).extra
         except Exception as e:  # noqa: BLE001 - an unreadable part is reported, not removed
             raise ValueError(f"the reading part {part} cannot be read ({e}); move it away to read again") from e
-        if found != wanted:
-            diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+        diff = settings_difference(found, extra)
+        if diff:
             raise ValueError(f"the reading part {part} was made with other settings (they differ in {diff}); "
                              f"read into another folder (stage.reads_dir) or move the part away")
 
@@ -178,20 +129,13 @@ def score_pairs(prompts: Sequence[PairPrompt], *, gguf: str, runtime: Mapping, r
     if not pending:
         return {"pending": 0, "written": 0, "seconds": 0.0}
     workers = max(1, min(int(workers), len(pending)))
-    existing = {p.name for p in part_dirs(reads_dir)}
-    names = [n for n in (f"{WORKER_PREFIX}{i:03d}" for i in range(10_000)) if n not in existing]
-    # a resumed worker continues its own part; new parts get fresh names
-    slots = sorted(existing)[:workers] + names[:max(0, workers - len(existing))]
+    slots = part_slots(reads_dir, workers)
     jobs = [ScoreJob(worker=w, gguf=str(gguf), runtime=dict(runtime), part_dir=str(reads_dir / slots[w]),
                      manifest=dict(manifest), reader=reader, rows=list(pending[w::workers]),
                      shard_size=int(shard_size)) for w in range(workers)]
     log.info("scoring %d pairs (%d already read) with %d worker(s) into %s", len(pending), len(done), workers,
              reads_dir)
-    if workers == 1:
-        results = [_run_job(jobs[0])]
-    else:
-        with mp.get_context("spawn").Pool(workers) as pool:
-            results = pool.map(_run_job, jobs)
+    results = run_workers(_run_job, jobs)
     return {"pending": len(pending), "written": sum(r["written"] for r in results),
             "seconds": time.time() - started, "workers": results}
 
@@ -231,5 +175,4 @@ def iter_reads(reads_dir: str | os.PathLike) -> Reads | None:
     return Reads(keys, np.concatenate(soft), np.concatenate(latents), rationales, scores)
 
 
-__all__ = ["ScoreJob", "score_pairs", "Reads", "iter_reads", "completed_keys", "part_dirs", "check_parts",
-           "EXECUTION_KEY", "WORKER_PREFIX"]
+__all__ = ["ScoreJob", "score_pairs", "Reads", "iter_reads", "completed_keys", "part_dirs", "check_parts"]
