@@ -15,7 +15,7 @@ NDCG_NOTE = ("nDCG@k skips queries whose judged items all have gain 0 (their nDC
              "scores them 0, which would lower the mean. AUC is NaN when the rows hold one class only.")
 
 
-def _fmt(x: float) -> str:
+def format_metric(x: float) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
 
 
@@ -60,9 +60,9 @@ def to_markdown(report, sources: Sequence[str | Path] = (), plots: Sequence[str]
         cells = [short_value(r[k]) for k in report.group_by] + [int(r["n"]), int(r["failed"])]
         for m in report.metrics:
             mean, std = r[f"{m} mean"], r[f"{m} std"]
-            cells.append(_fmt(mean) + (f" ± {_fmt(std)}" if not math.isnan(std) else ""))
+            cells.append(format_metric(mean) + (f" ± {format_metric(std)}" if not math.isnan(std) else ""))
         if LATENCY_FIELD in t:
-            cells.append(_fmt(r[LATENCY_FIELD]))
+            cells.append(format_metric(r[LATENCY_FIELD]))
         rows.append(cells)
     parts += [markdown_table(header, rows), ""]
     if any("ndcg" in m for m in report.metrics):
@@ -78,7 +78,7 @@ def to_markdown(report, sources: Sequence[str | Path] = (), plots: Sequence[str]
     return "\n".join(parts).rstrip() + "\n"
 
 
-def _pyplot():
+def pyplot():
     """``matplotlib.pyplot`` on the Agg backend; matplotlib is imported only to plot (its import is slow)."""
     import matplotlib
 
@@ -90,7 +90,7 @@ def _pyplot():
 
 def plot_metric(report, metric: str, path: Path) -> Path:
     """Bar chart of ``metric``'s mean per group, error bars = std (none for n=1)."""
-    plt = _pyplot()
+    plt = pyplot()
 
     t = report.table
     labels = [group_label(r, report.group_by, sep="\n") for _, r in t.iterrows()]
@@ -114,7 +114,7 @@ def plot_quality_vs_latency(report, metric: str, path: Path) -> Path | None:
     t = report.table
     if LATENCY_FIELD not in t or t[LATENCY_FIELD].isna().all():
         return None
-    plt = _pyplot()
+    plt = pyplot()
     t = t[t[LATENCY_FIELD].notna()]
     fig, ax = plt.subplots(figsize=(5.5, 4.0))
     ax.errorbar(t[LATENCY_FIELD], t[f"{metric} mean"], yerr=t[f"{metric} std"].fillna(0.0), fmt="o", capsize=4)
@@ -151,4 +151,5 @@ def write_report(report, out_dir: str | Path, sources: Sequence[str | Path] = ()
     return written
 
 
-__all__ = ["write_report", "to_markdown", "markdown_table", "plot_metric", "plot_quality_vs_latency"]
+__all__ = ["write_report", "to_markdown", "markdown_table", "format_metric", "pyplot", "plot_metric",
+           "plot_quality_vs_latency"]

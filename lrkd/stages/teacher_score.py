@@ -4,7 +4,9 @@ on val, scores itself on test and writes the student's artefact.
 1. **Read** (expensive, resumable): every pair of ``stage.splits`` not yet read, with
    :func:`lrkd.teacher.label.score_pool.score_pairs` (``stage.workers`` processes), into
    ``<work_dir>/reads/``. Readings depend only on the teacher, the prompt settings and the pair, so
-   adding pairs (a bigger pool) reads only the new ones.
+   adding pairs (a bigger pool) reads only the new ones. Optionally (same way, same resume): the
+   multi-perspective rationales of a seeded subset (``stage.rationales.max_pairs``) and each
+   perspective's own verdict on them (``stage.perspective_verdicts``).
 2. **Finalize** (seconds, every run): fit the calibration on the val readings, measure the teacher
    on the test readings before and after it (macro-F1, QWK, AUC, nDCG@10, ECE), and write
    ``<work_dir>/score_annotations/`` (the artefact of the ``stage.pool_splits`` pairs: calibrated
@@ -22,6 +24,8 @@ from omegaconf import DictConfig
 
 from lrkd.artefact import ArtefactWriter
 from lrkd.data.encode import item_text
+from lrkd.evaluation.perspectives import perspective_diagnostics
+from lrkd.report.perspectives import write_perspective_report
 from lrkd.schema import text_fields
 from lrkd.stages.base import StageRun, select_rows, stage_folder
 from lrkd.stages.teacher_common import load_pairs
@@ -29,7 +33,7 @@ from lrkd.teacher.label.calibration import OrdinalCalibration, judgement_score, 
 from lrkd.teacher.label.head import pca_projection, reading_metrics
 from lrkd.teacher.label.panel import (ANSWER_PREFIX, PanelReader, choose_bank, choose_examples, panel_prompt,
                                       questions_from_config, score_names)
-from lrkd.teacher.label.readers import JudgementReader, RationaleReader, prompts_for_rows
+from lrkd.teacher.label.readers import JudgementReader, PerspectiveVerdictReader, RationaleReader, prompts_for_rows
 from lrkd.teacher.label.score_pool import iter_reads, score_pairs
 from lrkd.teacher.label.workers import EXECUTION_KEY
 from lrkd.teacher.model import llama_cpp_source
@@ -44,6 +48,8 @@ log = logging.getLogger(__name__)
 STAGE = "teacher_score"
 READS_FOLDER = "reads"
 ARTEFACT_FOLDER = "score_annotations"
+VERDICTS_FOLDER = "perspective_verdicts"
+DIAGNOSTICS_FOLDER = "perspective_diagnostics"
 
 
 def reads_folder(cfg: DictConfig):
@@ -92,6 +98,14 @@ def rationale_rows(cfg: DictConfig, dm) -> np.ndarray:
     return order[:n]
 
 
+def rationale_settings(cfg: DictConfig, gguf: str) -> dict:
+    """What a rationale depends on (the judgement reading's settings, the prompt and the decoding)."""
+    spec = cfg.stage.rationales
+    return {**reading_settings(cfg, gguf), "prompt": "multi_perspective",
+            "max_item_words": cfg.teacher.get("max_item_words"), "max_new_tokens": int(spec.max_new_tokens), "no_repeat_ngram_size": int(spec.no_repeat_ngram_size),
+            "perspectives": plain(cfg.perspective)}
+
+
 def write_rationales(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
     """Step 1b: multi-perspective rationales (:class:`lrkd.teacher.label.score_pool.RationaleReader`) for
     :func:`rationale_rows`, into ``<reads>/rationales/`` (resumable like the readings)."""
@@ -101,11 +115,9 @@ def write_rationales(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
     spec = cfg.stage.rationales
     perspectives = perspectives_from_config(cfg.perspective)
     grades = list(dm.label_set.names)
-    words = cfg.teacher.get("max_item_words")
-    prompts = prompts_for_rows(tokenizer, dm.frame, rows, words, perspectives=perspectives, grade_names=grades)
-    settings = {**reading_settings(cfg, gguf), "prompt": "multi_perspective", "max_item_words": words,
-                "max_new_tokens": int(spec.max_new_tokens), "no_repeat_ngram_size": int(spec.no_repeat_ngram_size),
-                "perspectives": plain(cfg.perspective)}
+    prompts = prompts_for_rows(tokenizer, dm.frame, rows, cfg.teacher.get("max_item_words"),
+                               perspectives=perspectives, grade_names=grades)
+    settings = rationale_settings(cfg, gguf)
     manifest = {"teacher_id": f"{cfg.teacher.name} (llama.cpp, MPCoT)", "perspectives": [p.name for p in perspectives],
                 "label_names": grades, "vector_dim": gguf_embedding_dim(gguf), "dataset_fingerprint": "readings",
                 "extra": settings}
@@ -115,6 +127,59 @@ def write_rationales(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
                        reads_dir=reads_folder(cfg) / "rationales",
                        manifest=manifest, reader=reader, workers=int(cfg.stage.workers),
                        shard_size=int(spec.get("shard_size", 8)))
+
+
+def read_perspective_verdicts(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
+    """Step 1d: each perspective's own verdict (:class:`PerspectiveVerdictReader`) for every pair with a
+    rationale in ``<reads>/rationales/``, into ``<reads>/perspective_verdicts/`` (resumable like the
+    readings): the parts' latents are the verdicts [K, C], their soft labels the all-perspective reading."""
+    written = iter_reads(reads_folder(cfg) / "rationales")
+    if written is None:
+        return {"written": 0, "seconds": 0.0}
+    perspectives = perspectives_from_config(cfg.perspective)
+    missing = [p.name for p in perspectives if p.name not in written.rationales]
+    if missing:
+        raise ValueError(f"the rationales in {reads_folder(cfg) / 'rationales'} hold no perspective {missing}; "
+                         f"perspective verdicts read the perspectives the rationales were written with")
+    index = written.index()
+    keys = list(zip(dm.frame["query_id"].astype(str), dm.frame["item_id"].astype(str)))
+    rows = np.asarray([r for r, key in enumerate(keys) if key in index], dtype=np.int64)
+    given = {keys[r]: ({p.name: written.rationales[p.name][index[keys[r]]] for p in perspectives},
+                       written.soft_labels[index[keys[r]]]) for r in rows}
+    grades = list(dm.label_set.names)
+    prompts = prompts_for_rows(tokenizer, dm.frame, rows, cfg.teacher.get("max_item_words"),
+                               perspectives=perspectives, grade_names=grades)
+    settings = {**rationale_settings(cfg, gguf), "reading": "perspective_verdicts"}
+    manifest = {"teacher_id": f"{cfg.teacher.name} (llama.cpp, MPCoT verdict per perspective)",
+                "perspectives": [p.name for p in perspectives], "label_names": grades, "vector_dim": len(grades),
+                "dataset_fingerprint": "readings", "extra": settings}
+    reader = PerspectiveVerdictReader(tokenizer.name_or_path, perspectives, grades, given)
+    return score_pairs(prompts, gguf=gguf, runtime=plain(cfg.teacher.llama_cpp),
+                       reads_dir=reads_folder(cfg) / VERDICTS_FOLDER, manifest=manifest, reader=reader,
+                       workers=int(cfg.stage.workers), shard_size=int(cfg.stage.shard_size))
+
+
+def write_perspective_diagnostics(cfg: DictConfig, dm) -> dict:
+    """The per-perspective diagnostics (:func:`perspective_diagnostics`) of every gold-labelled pair
+    with verdicts, written into ``<work_dir>/perspective_diagnostics/`` (perspectives.{json,md,png});
+    returns the figures ({} without verdicts)."""
+    reads = iter_reads(reads_folder(cfg) / VERDICTS_FOLDER)
+    if reads is None:
+        return {}
+    frame = dm.frame
+    at = {key: r for r, key in enumerate(zip(frame["query_id"].astype(str), frame["item_id"].astype(str)))}
+    rows = np.asarray([at.get(k, -1) for k in reads.keys])
+    known = rows >= 0  # pairs no longer in the data (another split or subset) are left out
+    names = list(reads.rationales)
+    has = np.stack([np.asarray([t.strip() != "" for t in reads.rationales[n]]) for n in names], axis=1)
+    diagnostics = perspective_diagnostics(reads.latents[known], reads.soft_labels[known],
+                                          frame["label"].to_numpy()[rows[known]], names,
+                                          int(dm.label_set.relevant_up_to), has[known])
+    out = stage_folder(cfg, DIAGNOSTICS_FOLDER)
+    write_perspective_report(diagnostics, list(dm.label_set.names), out,
+                             title=f"Per-perspective diagnostics: {cfg.teacher.name} on {cfg.data.name}")
+    log.info("teacher_score: perspective diagnostics of %d pairs in %s", diagnostics["pairs"], out)
+    return diagnostics
 
 
 def panel_bank(cfg: DictConfig, dm) -> list[str]:
@@ -167,6 +232,8 @@ def run(cfg: DictConfig) -> dict:
                          f"{cfg.teacher.get('runtime', 'transformers')!r}")
     dm = load_pairs(cfg)
     if not cfg.stage.get("read", True):  # finalize what is read so far (e.g. a partial pool)
+        if cfg.stage.get("perspective_verdicts", False):
+            write_perspective_diagnostics(cfg, dm)
         return finalize(cfg, dm, started, {"written": 0, "seconds": 0.0})
     gguf, tokenizer = llama_cpp_source(cfg.teacher)
     if cfg.stage.get("panel"):
@@ -182,8 +249,15 @@ def run(cfg: DictConfig) -> dict:
         log.info("teacher_score: wrote rationales for %d pairs in %.0f s", rationales["written"],
                  rationales["seconds"])
         reading["rationale_seconds_per_pair"] = rationales["seconds"] * int(cfg.stage.workers) / rationales["written"]
+    verdicts = {"written": 0}
+    if cfg.stage.get("perspective_verdicts", False):
+        verdicts = read_perspective_verdicts(cfg, dm, tokenizer, gguf)
+        log.info("teacher_score: read the perspective verdicts of %d pairs in %.0f s", verdicts["written"],
+                 verdicts["seconds"])
+        write_perspective_diagnostics(cfg, dm)
     if cfg.stage.get("read_only", False):
-        return {"read": reading["written"], "rationales": rationales["written"], "reused": False}
+        return {"read": reading["written"], "rationales": rationales["written"], "verdicts": verdicts["written"],
+                "reused": False}
     return finalize(cfg, dm, started, reading)
 
 

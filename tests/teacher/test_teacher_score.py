@@ -24,7 +24,8 @@ def test_teacher_score_reads_calibrates_and_writes_the_student_artefact(make_cfg
     work = tmp_path / "work"
     overrides = ["stage=teacher_score", "teacher=qwen2.5-coder-1.5b", f"teacher.gguf_file={SMOL}",
                  "teacher.name=smollm2-gguf", f"stage.work_dir={work}", "stage.max_pairs=12", "stage.workers=2",
-                 "stage.shard_size=5", "stage.rationales.max_pairs=3", "stage.rationales.max_new_tokens=24"]
+                 "stage.shard_size=5", "stage.rationales.max_pairs=3", "stage.rationales.max_new_tokens=24",
+                 "stage.perspective_verdicts=true"]
     result = run(make_cfg(*overrides))
     assert result["reads"] == 36 and result["read_now"] == 36  # 12 val + 12 test + 12 train
     assert result["rationale_pairs"] == 3
@@ -43,6 +44,13 @@ def test_teacher_score_reads_calibrates_and_writes_the_student_artefact(make_cfg
     # three pairs carry the teacher's rationales (a 135M model: some sections may be empty)
     with_text = [i for i in range(len(art)) if any(art.rationales[p][i] for p in art.perspectives)]
     assert 1 <= len(with_text) <= 3
+
+    # each perspective's own verdict on the three pairs with rationales, and their diagnostics
+    verdicts = load_artefact(work / "reads" / "perspective_verdicts" / "worker-000")
+    assert verdicts.latents.shape[1:] == (3, 4)
+    assert len(verdicts) + len(load_artefact(work / "reads" / "perspective_verdicts" / "worker-001")) == 3
+    report = (work / "perspective_diagnostics" / "perspectives.md").read_text()
+    assert "user_intent" in report and "business_rules" in report and "| final |" in report
 
     # a second run reads nothing again and writes the same artefact
     again = run(make_cfg(*overrides))

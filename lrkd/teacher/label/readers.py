@@ -9,6 +9,7 @@
   after the multi-perspective prompt with no rationale were at chance (0.52), and a graded direct
   prompt reached 0.79 (README, "The llama.cpp teacher").
 - :class:`RationaleReader`: multi-perspective chain of thought generated, parsed and read back.
+- :class:`PerspectiveVerdictReader`: each perspective's own verdict, read after its rationale alone.
 - :class:`lrkd.teacher.label.panel.PanelReader`: several questions per pair.
 
 A prompt is cut into segments that stay in the KV cache: the instruction shared by every pair is
@@ -162,6 +163,77 @@ class RationaleReader:
         return soft, latents, rationales
 
 
+class PerspectiveVerdictReader:
+    """The teacher's verdict from each perspective alone (the per-perspective diagnostics of the LRKD
+    paper), for pairs that already have rationales (:class:`RationaleReader`'s reads): after the
+    multi-perspective prompt, per perspective k the one-perspective canonical completion
+    ``"<title_k>: <rationale_k>\nLabel:"`` is teacher-forced and the softmax over the grade tokens
+    read there -> [C]. Nothing is generated: a pair costs its prompt and K short feeds.
+
+    Returns ``(final [C], verdicts [K, C], rationales)``: ``final`` is the all-perspective reading
+    given with the rationales (copied, not read again); a perspective with an empty rationale gets a
+    uniform row and is counted apart by the diagnostics (``rationales[k] == ""``).
+    ``given``: (query_id, item_id) -> (rationales {perspective: text}, final [C])."""
+
+    kind = "perspective_verdicts"
+
+    def __init__(self, tokenizer_dir: str, perspectives: Sequence, grade_names: Sequence[str], given: dict):
+        self.tokenizer_dir = str(tokenizer_dir)
+        self.perspectives = [(p.name, p.title, p.instruction) for p in perspectives]
+        self.grade_names = list(grade_names)
+        self.given = {tuple(map(str, k)): (dict(v[0]), np.asarray(v[1], dtype=np.float32)) for k, v in given.items()}
+        self._tokenizer = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_tokenizer": None}
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir)
+        return self._tokenizer
+
+    def feeds(self, prompt: "PairPrompt") -> tuple[dict[str, str], np.ndarray, list[list[int] | None]]:
+        """(rationales, final [C], per perspective the token ids to teacher-force, None when its
+        rationale is empty)."""
+        rationales, final = self.given[(str(prompt.query_id), str(prompt.item_id))]
+        tok = self.tokenizer()
+        ids = []
+        for p in (Perspective(*q) for q in self.perspectives):
+            text = rationales.get(p.name, "")
+            ids.append(tok(label_prefix({p.name: text}, [p], self.grade_names),
+                           add_special_tokens=False)["input_ids"] if text.strip() else None)
+        return rationales, final, ids
+
+    def _verdict(self, logits) -> np.ndarray:
+        return softmax(logits) if logits is not None else np.full(len(self.grade_names), 1 / len(self.grade_names),
+                                                                   dtype=np.float32)
+
+    def __call__(self, runtime, prompt: "PairPrompt") -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+        rationales, final, feeds = self.feeds(prompt)
+        grade_ids = list(grade_token_ids(self.tokenizer(), self.grade_names))
+        verdicts = [self._verdict(None if ids is None else
+                                  runtime.read([prompt.shared, prompt.pair], ids, logit_ids=grade_ids).logits)
+                    for ids in feeds]
+        return final, np.stack(verdicts), rationales
+
+    def program(self, prompt: "PairPrompt", limits: "SequenceLimits"):
+        """The same reading as a :class:`lrkd.teacher.runtime.batched.BatchedDecoder` request: the pair
+        once, then per perspective a rewind to the pair's end and its one-perspective completion."""
+        rationales, final, feeds = self.feeds(prompt)
+        grade_ids = list(grade_token_ids(self.tokenizer(), self.grade_names))
+        yield Prefix(tuple(prompt.shared))
+        yield Feed(prompt.pair, "none")
+        verdicts = []
+        for ids in feeds:
+            if ids is None:
+                verdicts.append(self._verdict(None))
+                continue
+            yield Rewind(len(prompt.shared) + len(prompt.pair))
+            reading = yield Feed(ids, "last", logit_ids=grade_ids)
+            verdicts.append(self._verdict(reading.logits))
+        return final, np.stack(verdicts), rationales
+
+
 @dataclass
 class SequenceLimits:
     """What a reader's program needs of the context: n_ctx tokens per sequence, the end test."""
@@ -193,4 +265,5 @@ def prompts_for_rows(tokenizer, frame, rows: Sequence[int], max_item_words: int 
     return out
 
 
-__all__ = ["PairPrompt", "split_prompt", "read_pair", "softmax", "JudgementReader", "RationaleReader", "SequenceLimits", "prompts_for_rows"]
+__all__ = ["PairPrompt", "split_prompt", "read_pair", "softmax", "JudgementReader", "RationaleReader",
+           "PerspectiveVerdictReader", "SequenceLimits", "prompts_for_rows"]
