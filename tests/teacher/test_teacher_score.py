@@ -59,6 +59,19 @@ def test_teacher_score_reads_calibrates_and_writes_the_student_artefact(make_cfg
     final = run(make_cfg(*overrides, "stage.read=false"))
     assert final["test/calibrated"] == result["test/calibrated"] and final["artefact_pairs"] == 12
 
+    # the reasoning artefact: only the pairs with rationales, each perspective its own states over its rationale
+    reasoning = run(make_cfg(*overrides, "stage.read=false", "stage.latent=rationale",
+                             f"stage.work_dir={tmp_path / 'reasoning'}", f"stage.reads_dir={work / 'reads'}"))
+    assert reasoning["artefact_pairs"] == 3 and reasoning["test/calibrated"] == result["test/calibrated"]
+    art = load_artefact(tmp_path / "reasoning" / "score_annotations")
+    rationale_reads = [load_artefact(p) for p in sorted((work / "reads" / "rationales").glob("worker-*"))]
+    states = {key: r.latents[i] for r in rationale_reads for i, key in enumerate(zip(r.query_ids, r.item_ids))}
+    assert art.latents.shape == (3, 3, 576)  # 9 states: fewer than latent_dim, no PCA
+    for i, key in enumerate(zip(art.query_ids, art.item_ids)):
+        np.testing.assert_allclose(art.latents[i], states[key], atol=1e-2, rtol=1e-2)
+    assert np.abs(art.latents[:, 0] - art.latents[:, 2]).max() > 1e-3  # the perspectives differ
+    assert art.manifest.extra["latent"] == "rationale_states"
+
     # the student reads it; the quality gate warns when the teacher is below the baseline
     cfg = make_cfg("loss=kd", "extractor=none", f"data.annotations={work / 'score_annotations'}",
                    "stage.quality_gate.baselines.chorus_icecat.auc=1.01",
