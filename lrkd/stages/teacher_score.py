@@ -131,9 +131,10 @@ def write_rationales(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
 
 
 def read_perspective_verdicts(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
-    """Step 1d: each perspective's own verdict (:class:`PerspectiveVerdictReader`) for every pair with a
-    rationale in ``<reads>/rationales/``, into ``<reads>/perspective_verdicts/`` (resumable like the
-    readings): the parts' latents are the verdicts [K, C], their soft labels the all-perspective reading."""
+    """Step 1d: each perspective's own verdict (:class:`PerspectiveVerdictReader`: the judgement prompt,
+    the perspective's rationale, then the answer) for every pair with a rationale in
+    ``<reads>/rationales/``, into ``<reads>/perspective_verdicts/`` (resumable like the readings): the
+    parts' latents are the verdicts [K, 2], their soft labels the verdict after all K rationales."""
     written = iter_reads(reads_folder(cfg) / "rationales")
     if written is None:
         return {"written": 0, "seconds": 0.0}
@@ -145,16 +146,15 @@ def read_perspective_verdicts(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict
     index = written.index()
     keys = list(zip(dm.frame["query_id"].astype(str), dm.frame["item_id"].astype(str)))
     rows = np.asarray([r for r, key in enumerate(keys) if key in index], dtype=np.int64)
-    given = {keys[r]: ({p.name: written.rationales[p.name][index[keys[r]]] for p in perspectives},
-                       written.soft_labels[index[keys[r]]]) for r in rows}
-    grades = list(dm.label_set.names)
-    prompts = prompts_for_rows(tokenizer, dm.frame, rows, cfg.teacher.get("max_item_words"),
-                               perspectives=perspectives, grade_names=grades)
-    settings = {**rationale_settings(cfg, gguf), "reading": "perspective_verdicts"}
-    manifest = {"teacher_id": f"{cfg.teacher.name} (llama.cpp, MPCoT verdict per perspective)",
-                "perspectives": [p.name for p in perspectives], "label_names": grades, "vector_dim": len(grades),
-                "dataset_fingerprint": "readings", "extra": settings}
-    reader = PerspectiveVerdictReader(tokenizer.name_or_path, perspectives, grades, given)
+    given = {keys[r]: {p.name: written.rationales[p.name][index[keys[r]]] for p in perspectives} for r in rows}
+    prompts = prompts_for_rows(tokenizer, dm.frame, rows, cfg.stage.get("max_item_words"))
+    prefix_ids, answer_ids = answer_token_ids(tokenizer, JUDGE_PREFIX, JUDGE_ANSWERS)
+    settings = {**reading_settings(cfg, gguf), "reading": "perspective_verdicts",
+                "rationales": rationale_settings(cfg, gguf)}
+    manifest = {"teacher_id": f"{cfg.teacher.name} (llama.cpp, judgement after each perspective's rationale)",
+                "perspectives": [p.name for p in perspectives], "label_names": list(JUDGE_ANSWERS),
+                "vector_dim": len(JUDGE_ANSWERS), "dataset_fingerprint": "readings", "extra": settings}
+    reader = PerspectiveVerdictReader(tokenizer.name_or_path, perspectives, JUDGE_PREFIX, answer_ids, given)
     return score_pairs(prompts, gguf=gguf, runtime=plain(cfg.teacher.llama_cpp),
                        reads_dir=reads_folder(cfg) / VERDICTS_FOLDER, manifest=manifest, reader=reader,
                        workers=int(cfg.stage.workers), shard_size=int(cfg.stage.shard_size))
@@ -162,22 +162,28 @@ def read_perspective_verdicts(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict
 
 def write_perspective_diagnostics(cfg: DictConfig, dm) -> dict:
     """The per-perspective diagnostics (:func:`perspective_diagnostics`) of every gold-labelled pair
-    with verdicts, written into ``<work_dir>/perspective_diagnostics/`` (perspectives.{json,md,png});
-    returns the figures ({} without verdicts)."""
-    reads = iter_reads(reads_folder(cfg) / VERDICTS_FOLDER)
-    if reads is None:
+    with verdicts, beside the judgement read with no rationale (``no_rationale``), written into
+    ``<work_dir>/perspective_diagnostics/`` (perspectives.{json,md,png}); returns the figures ({}
+    without verdicts)."""
+    verdicts = iter_reads(reads_folder(cfg) / VERDICTS_FOLDER)
+    plain_reads = iter_reads(reads_folder(cfg))
+    if verdicts is None:
         return {}
     frame = dm.frame
     at = {key: r for r, key in enumerate(zip(frame["query_id"].astype(str), frame["item_id"].astype(str)))}
-    rows = np.asarray([at.get(k, -1) for k in reads.keys])
-    known = rows >= 0  # pairs no longer in the data (another split or subset) are left out
-    names = list(reads.rationales)
-    has = np.stack([np.asarray([t.strip() != "" for t in reads.rationales[n]]) for n in names], axis=1)
-    diagnostics = perspective_diagnostics(reads.latents[known], reads.soft_labels[known],
-                                          frame["label"].to_numpy()[rows[known]], names,
-                                          int(dm.label_set.relevant_up_to), has[known])
+    plain_at = plain_reads.index() if plain_reads is not None else {}
+    keep = np.asarray([k in at and k in plain_at for k in verdicts.keys])  # pairs of this data, read plainly too
+    keys = [k for k, kept in zip(verdicts.keys, keep) if kept]
+    names = list(verdicts.rationales)
+    has = np.stack([np.asarray([t.strip() != "" for t in verdicts.rationales[n]]) for n in names], axis=1)[keep]
+    no_rationale = plain_reads.soft_labels[[plain_at[k] for k in keys]][:, None, :] if keys else np.zeros((0, 1, 2))
+    diagnostics = perspective_diagnostics(np.concatenate([verdicts.latents[keep], no_rationale], axis=1),
+                                          verdicts.soft_labels[keep], frame["label"].to_numpy()[[at[k] for k in keys]],
+                                          [*names, "no_rationale"], dm.label_set.num_classes,
+                                          int(dm.label_set.relevant_up_to),
+                                          np.concatenate([has, np.ones((len(keys), 1), bool)], axis=1))
     out = stage_folder(cfg, DIAGNOSTICS_FOLDER)
-    write_perspective_report(diagnostics, list(dm.label_set.names), out,
+    write_perspective_report(diagnostics, list(dm.label_set.names), out, answers=list(JUDGE_ANSWERS),
                              title=f"Per-perspective diagnostics: {cfg.teacher.name} on {cfg.data.name}")
     log.info("teacher_score: perspective diagnostics of %d pairs in %s", diagnostics["pairs"], out)
     return diagnostics

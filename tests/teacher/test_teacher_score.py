@@ -47,10 +47,11 @@ def test_teacher_score_reads_calibrates_and_writes_the_student_artefact(make_cfg
 
     # each perspective's own verdict on the three pairs with rationales, and their diagnostics
     verdicts = load_artefact(work / "reads" / "perspective_verdicts" / "worker-000")
-    assert verdicts.latents.shape[1:] == (3, 4)
+    assert verdicts.latents.shape[1:] == (3, 2)  # three perspectives, (yes, no)
     assert len(verdicts) + len(load_artefact(work / "reads" / "perspective_verdicts" / "worker-001")) == 3
     report = (work / "perspective_diagnostics" / "perspectives.md").read_text()
-    assert "user_intent" in report and "business_rules" in report and "| final |" in report
+    assert "user_intent" in report and "business_rules" in report and "| no_rationale |" in report
+    assert "| final |" in report
 
     # a second run reads nothing again and writes the same artefact
     again = run(make_cfg(*overrides))

@@ -164,24 +164,25 @@ class RationaleReader:
 
 
 class PerspectiveVerdictReader:
-    """The teacher's verdict from each perspective alone (the per-perspective diagnostics of the LRKD
-    paper), for pairs that already have rationales (:class:`RationaleReader`'s reads): after the
-    multi-perspective prompt, per perspective k the one-perspective canonical completion
-    ``"<title_k>: <rationale_k>\nLabel:"`` is teacher-forced and the softmax over the grade tokens
-    read there -> [C]. Nothing is generated: a pair costs its prompt and K short feeds.
+    """Each perspective's own verdict (the per-perspective diagnostics of the LRKD paper), for pairs
+    that already have rationales (:class:`RationaleReader`'s reads), read the way the teacher reads
+    best: the judgement prompt of :class:`JudgementReader`, whose assistant turn is teacher-forced as
+    ``"<title_k>: <rationale_k>\n<answer prefix>"``; the softmax over the answer tokens there -> [A].
+    The same with every perspective's rationale, one per line, gives the final verdict. Nothing is
+    generated: a pair costs its prompt and K + 1 short feeds.
 
-    Returns ``(final [C], verdicts [K, C], rationales)``: ``final`` is the all-perspective reading
-    given with the rationales (copied, not read again); a perspective with an empty rationale gets a
-    uniform row and is counted apart by the diagnostics (``rationales[k] == ""``).
-    ``given``: (query_id, item_id) -> (rationales {perspective: text}, final [C])."""
+    Returns ``(final [A], verdicts [K, A], rationales)``; a perspective whose rationale is empty gets a
+    uniform row (the diagnostics leave it out: ``rationales[k] == ""``) and is left out of the final
+    text. ``given``: (query_id, item_id) -> {perspective: rationale}."""
 
     kind = "perspective_verdicts"
 
-    def __init__(self, tokenizer_dir: str, perspectives: Sequence, grade_names: Sequence[str], given: dict):
+    def __init__(self, tokenizer_dir: str, perspectives: Sequence, answer_prefix: str, answer_ids: Sequence[int],
+                 given: dict):
         self.tokenizer_dir = str(tokenizer_dir)
-        self.perspectives = [(p.name, p.title, p.instruction) for p in perspectives]
-        self.grade_names = list(grade_names)
-        self.given = {tuple(map(str, k)): (dict(v[0]), np.asarray(v[1], dtype=np.float32)) for k, v in given.items()}
+        self.perspectives = [(p.name, p.title) for p in perspectives]
+        self.answer_prefix, self.answer_ids = str(answer_prefix), list(answer_ids)
+        self.given = {tuple(map(str, k)): dict(v) for k, v in given.items()}
         self._tokenizer = None
 
     def __getstate__(self):
@@ -192,46 +193,45 @@ class PerspectiveVerdictReader:
             self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir)
         return self._tokenizer
 
-    def feeds(self, prompt: "PairPrompt") -> tuple[dict[str, str], np.ndarray, list[list[int] | None]]:
-        """(rationales, final [C], per perspective the token ids to teacher-force, None when its
-        rationale is empty)."""
-        rationales, final = self.given[(str(prompt.query_id), str(prompt.item_id))]
-        tok = self.tokenizer()
-        ids = []
-        for p in (Perspective(*q) for q in self.perspectives):
-            text = rationales.get(p.name, "")
-            ids.append(tok(label_prefix({p.name: text}, [p], self.grade_names),
-                           add_special_tokens=False)["input_ids"] if text.strip() else None)
-        return rationales, final, ids
+    def texts(self, prompt: "PairPrompt") -> tuple[dict[str, str], list[str | None]]:
+        """(rationales, the K + 1 assistant texts to teacher-force: one per perspective, None when its
+        rationale is empty, then all of them)."""
+        rationales = self.given[(str(prompt.query_id), str(prompt.item_id))]
+        lines = [f"{title}: {rationales[name]}" if rationales.get(name, "").strip() else None
+                 for name, title in self.perspectives]
+        one = [None if line is None else f"{line}\n{self.answer_prefix}" for line in lines]
+        return rationales, one + ["\n".join(x for x in lines if x is not None) + f"\n{self.answer_prefix}"]
 
-    def _verdict(self, logits) -> np.ndarray:
-        return softmax(logits) if logits is not None else np.full(len(self.grade_names), 1 / len(self.grade_names),
-                                                                   dtype=np.float32)
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer()(text, add_special_tokens=False)["input_ids"]
+
+    def _finish(self, rationales, readings) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+        uniform = np.full(len(self.answer_ids), 1 / len(self.answer_ids), dtype=np.float32)
+        rows = [uniform if r is None else softmax(r) for r in readings]
+        return rows[-1], np.stack(rows[:-1]), rationales
 
     def __call__(self, runtime, prompt: "PairPrompt") -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
-        rationales, final, feeds = self.feeds(prompt)
-        grade_ids = list(grade_token_ids(self.tokenizer(), self.grade_names))
-        verdicts = [self._verdict(None if ids is None else
-                                  runtime.read([prompt.shared, prompt.pair], ids, logit_ids=grade_ids).logits)
-                    for ids in feeds]
-        return final, np.stack(verdicts), rationales
+        rationales, texts = self.texts(prompt)
+        readings = [None if t is None else
+                    runtime.read([prompt.shared, prompt.pair], self._ids(t), logit_ids=self.answer_ids).logits
+                    for t in texts]
+        return self._finish(rationales, readings)
 
     def program(self, prompt: "PairPrompt", limits: "SequenceLimits"):
         """The same reading as a :class:`lrkd.teacher.runtime.batched.BatchedDecoder` request: the pair
-        once, then per perspective a rewind to the pair's end and its one-perspective completion."""
-        rationales, final, feeds = self.feeds(prompt)
-        grade_ids = list(grade_token_ids(self.tokenizer(), self.grade_names))
+        once, then per text a rewind to the pair's end and the text."""
+        rationales, texts = self.texts(prompt)
         yield Prefix(tuple(prompt.shared))
         yield Feed(prompt.pair, "none")
-        verdicts = []
-        for ids in feeds:
-            if ids is None:
-                verdicts.append(self._verdict(None))
+        readings = []
+        for text in texts:
+            if text is None:
+                readings.append(None)
                 continue
             yield Rewind(len(prompt.shared) + len(prompt.pair))
-            reading = yield Feed(ids, "last", logit_ids=grade_ids)
-            verdicts.append(self._verdict(reading.logits))
-        return final, np.stack(verdicts), rationales
+            result = yield Feed(self._ids(text), "last", logit_ids=self.answer_ids)
+            readings.append(result.logits)
+        return self._finish(rationales, readings)
 
 
 @dataclass
