@@ -33,8 +33,8 @@ SEARCHES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
 # a search's report folder in experiments/, where it is not named after the search
 SEARCH_FOLDERS = {"student_arch": "student_search"}
 OPTIMISER_SEARCHES = [s for s in SEARCHES if s != "student_arch"]   # student_arch: tests/search/
-JOBS_PER_STUDY = {"extractor_ablation": 12, "loss_ablation": 15, "perspectives": 12, "kd_temperature": 12,
-                  "loss_weights": 27, "seeds": 5, "label_budget": 40}
+JOBS_PER_STUDY = {"extractor_ablation": 12, "loss_ablation": 15, "perspectives": 20, "kd_temperature": 12,
+                  "loss_weights": 27, "seeds": 5, "label_budget": 40, "reasoning": 20}
 SWEEPER = "hydra_plugins.lrkd_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 # tiny, bounded jobs: 2 training steps, 2 validation and 2 test batches
 TINY = ["student=tiny", "trainer.max_steps=2", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",

@@ -16,14 +16,22 @@ def wandb_offline() -> bool:
     return not os.environ.get("WANDB_API_KEY")
 
 
+def join(items, separator: str = "+") -> str:
+    """``${lrkd_join:${perspectives}}`` -> ``user_intent+business_rules``: a list as one path-safe word."""
+    return str(separator).join(map(str, items))
+
+
 def register_resolvers() -> None:
     """``${lrkd_root:}``: the repository root (where conf/ and datasets/ live);
+    ``${lrkd_join:<list>[,<separator>]}``: the items joined (default ``+``);
     ``${lrkd_wandb_offline:}``: true unless WANDB_API_KEY is set;
     ``${lrkd_ddp_strategy:}`` and ``${lrkd_run_stamp:<strftime>}``: see :mod:`lrkd.lightning.distributed`."""
     if not OmegaConf.has_resolver("lrkd_root"):
         OmegaConf.register_new_resolver("lrkd_root", lambda: str(ROOT_DIR))
     if not OmegaConf.has_resolver("lrkd_wandb_offline"):
         OmegaConf.register_new_resolver("lrkd_wandb_offline", wandb_offline)
+    if not OmegaConf.has_resolver("lrkd_join"):
+        OmegaConf.register_new_resolver("lrkd_join", join)
     if not OmegaConf.has_resolver("lrkd_ddp_strategy"):
         OmegaConf.register_new_resolver("lrkd_ddp_strategy", ddp_strategy)
     if not OmegaConf.has_resolver("lrkd_run_stamp"):
@@ -31,4 +39,4 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("lrkd_run_stamp", run_stamp, use_cache=True)
 
 
-__all__ = ["ROOT_DIR", "register_resolvers", "wandb_offline"]
+__all__ = ["ROOT_DIR", "register_resolvers", "wandb_offline", "join"]

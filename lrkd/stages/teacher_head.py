@@ -29,7 +29,8 @@ def run(cfg: DictConfig) -> dict:
     spec = cfg.stage
     dm = load_pairs(cfg)
     settings = {"panels": plain(spec.panels or []), "questions": plain(spec.get("questions")), "l2": float(spec.l2),
-                "folds": int(spec.folds), "gold": plain(cfg.data.get("gold")), "split": plain(cfg.data.get("split"))}
+                "folds": int(spec.folds), "gold": plain(cfg.data.get("gold")), "split": plain(cfg.data.get("split")),
+                "rationales": bool(spec.get("rationales", False)), "latent": str(spec.get("latent", "decision"))}
 
     def record(folder, metrics):
         stage = StageRun(cfg, STAGE, folder, settings, [dm.fingerprint])
@@ -41,7 +42,8 @@ def run(cfg: DictConfig) -> dict:
         teacher=str(cfg.teacher.name), panels=settings["panels"], questions=settings["questions"], l2=settings["l2"],
         folds=settings["folds"], seed=int(cfg.seed), latent_dim=spec.get("latent_dim"),
         ece_bins=int(spec.get("ece_bins", 10)), shard_size=int(spec.get("artefact_shard_size", 2048)),
-        extra={"teacher": plain(cfg.teacher)}, record=record)
+        extra={"teacher": plain(cfg.teacher)}, rationales=settings["rationales"], latent=settings["latent"],
+        record=record)
     return {**metrics, "artefact": str(spec.out), "reused": False}
 
 

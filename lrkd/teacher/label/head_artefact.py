@@ -8,7 +8,9 @@ train split only, so on one cross-validation fold and one label budget it sees o
 gold grades. The gold pairs get out-of-fold soft labels (folds of whole queries); every other pair
 read (train rows the budget hid, the transfer pool, generated queries, val, test) gets the head
 fitted on all of them. The artefact holds every pair read that the data module has, with the
-decision states' PCA as latent targets; the teacher is scored on val and test like the student.
+decision states' PCA as latent targets (or, ``latent="rationale"``, the pairs with rationales, each
+perspective's states over its rationale), optionally the rationales; the teacher is scored on val and
+test like the student.
 
 :class:`HeadArtefact` is the same as a config callable: ``experiment=label_budget`` builds each
 (fold, seed, budget)'s artefact this way when its student job starts and the artefact is missing.
@@ -59,10 +61,17 @@ def write_head_artefact(dm, out: str | Path, *, reads_dir: str | Path, perspecti
                         teacher: str, panels: Sequence[str] = (), questions: Sequence[str] | None = None,
                         l2: float = 0.01, folds: int = 5, seed: int = 0, latent_dim: int | None = 64,
                         ece_bins: int = 10, shard_size: int = 2048, extra: dict | None = None,
+                        rationales: bool = False, latent: str = "decision",
                         record: Callable[[Path, dict], None] | None = None) -> dict:
     """Fit the head on ``dm``'s gold train pairs and write the artefact to ``out`` (atomically);
     returns the metrics (also written to ``<out>/teacher_head.json``). ``record(tmp_dir, metrics)``
-    runs inside the folder before it is moved into place (a stage's own record)."""
+    runs inside the folder before it is moved into place (a stage's own record).
+
+    ``rationales``: the artefact carries the teacher's multi-perspective rationales
+    (``<reads_dir>/rationales``, empty where a pair has none) for CRSD's reasoning-augmented view.
+    ``latent``: ``decision`` (the judgement's decision state as every perspective's target, every
+    pair read) or ``rationale`` (per perspective the teacher's mean state over its rationale; the
+    artefact then holds the pairs with rationales only)."""
     frame, label_set = dm.frame, dm.label_set
     keys = list(zip(frame["query_id"].astype(str), frame["item_id"].astype(str)))
     root = Path(reads_dir)
@@ -101,25 +110,47 @@ def write_head_artefact(dm, out: str | Path, *, reads_dir: str | Path, perspecti
         if len(part):
             metrics[split] = reading_metrics(soft[part], frame, part, label_set, int(ece_bins))
     metrics["train_gold_oof"] = reading_metrics(soft[gold], frame, gold, label_set, int(ece_bins))
-    judge = sources[0][1]
-    index = judge.index()
-    decision = judge.latents[[index[keys[r]] for r in rows], 0, :].astype(np.float64)
-    if latent_dim and len(rows) > int(latent_dim):
-        mean, components, explained = pca_projection(decision, int(latent_dim))
-        decision = (decision - mean) @ components
+    texts = {p: [""] * len(rows) for p in perspectives}
+    if rationales or latent == "rationale":
+        written = rationale_reads(root, perspectives)
+        windex = written.index()
+        if latent == "rationale":
+            rows = rows[[keys[r] in windex for r in rows]]
+            if not len(rows):
+                raise RuntimeError(f"latent=rationale: no pair of this data has a rationale in {root / 'rationales'}")
+        texts = {p: [written.rationales[p][windex[keys[r]]] if keys[r] in windex else "" for r in rows]
+                 for p in perspectives}
+        metrics["rationale_pairs"] = int(sum(keys[r] in windex for r in rows))
+    if latent == "rationale":
+        order = list(written.rationales)
+        states = written.latents[[windex[keys[r]] for r in rows]][:, [order.index(p) for p in perspectives], :]
+    elif latent == "decision":
+        judge = sources[0][1]
+        index = judge.index()
+        states = judge.latents[[index[keys[r]] for r in rows], :1, :]
+    else:
+        raise ValueError(f"latent must be decision or rationale, got {latent!r}")
+    flat = states.reshape(-1, states.shape[-1]).astype(np.float64)
+    if latent_dim and len(flat) > int(latent_dim):
+        mean, components, explained = pca_projection(flat, int(latent_dim))
+        flat = (flat - mean) @ components
         metrics["latent_pca"] = {"dim": int(components.shape[1]), "explained_variance": explained}
+    targets = flat.reshape(len(rows), states.shape[1], -1)
+    if latent == "decision":
+        targets = np.repeat(targets, len(perspectives), axis=1)
     with atomic_path(out, directory=True) as tmp:
         writer = ArtefactWriter(tmp, teacher_id=f"{teacher} (llama.cpp readings, a head fitted on the gold train "
                                                 f"pairs of this split and budget)",
                                 perspectives=list(perspectives), label_names=list(label_set.names),
-                                vector_dim=int(decision.shape[-1]), dataset_fingerprint=dm.fingerprint,
-                                extra={**(extra or {}), "latent": "decision_state", "soft_labels": "ordinal_head",
+                                vector_dim=int(targets.shape[-1]), dataset_fingerprint=dm.fingerprint,
+                                extra={**(extra or {}), "soft_labels": "ordinal_head",
+                                       "latent": {"decision": "decision_state", "rationale": "rationale_states"}[latent],
+                                       "rationales": bool(rationales or latent == "rationale"),
                                        "head": metrics["head"], "teacher_test": metrics.get("test")})
         for shard, start in enumerate(range(0, len(rows), int(shard_size))):
-            part = rows[start:start + int(shard_size)]
-            latents = np.repeat(decision[start:start + int(shard_size)][:, None, :], len(perspectives), axis=1)
+            part, cut = rows[start:start + int(shard_size)], slice(start, start + int(shard_size))
             writer.write_shard(shard, [keys[r][0] for r in part], [keys[r][1] for r in part],
-                               {p: [""] * len(part) for p in perspectives}, soft[part], latents.astype(np.float32))
+                               {p: texts[p][cut] for p in perspectives}, soft[part], targets[cut].astype(np.float32))
         writer.finalize()
         write_json_atomic(Path(tmp) / METRICS_FILE, metrics)
         if record is not None:
@@ -130,16 +161,31 @@ def write_head_artefact(dm, out: str | Path, *, reads_dir: str | Path, perspecti
     return metrics
 
 
+def rationale_reads(root: Path, perspectives: Sequence[str]):
+    """The multi-perspective rationales read into ``<root>/rationales`` (stage=teacher_score,
+    ``stage.rationales.max_pairs``), holding every perspective of ``perspectives``."""
+    written = iter_reads(root / "rationales")
+    if written is None:
+        raise FileNotFoundError(f"no rationales under {root / 'rationales'} (stage=teacher_score "
+                                f"stage.rationales.max_pairs=N writes them)")
+    missing = [p for p in perspectives if p not in written.rationales]
+    if missing:
+        raise ValueError(f"the rationales under {root / 'rationales'} hold no perspective {missing} "
+                         f"(they hold {list(written.rationales)})")
+    return written
+
+
 class HeadArtefact:
     """A config callable (``teacher_artefact`` of the student stage): ``(dm, out, perspectives, seed)``
     writes the head artefact of ``dm`` to ``out`` unless it exists. The other arguments are
     :func:`write_head_artefact`'s."""
 
     def __init__(self, reads_dir: str, teacher: str, panels: Sequence[str] = (), questions=None, l2: float = 0.01,
-                 folds: int = 5, latent_dim: int | None = 64):
+                 folds: int = 5, latent_dim: int | None = 64, rationales: bool = False, latent: str = "decision"):
         self.options = {"reads_dir": reads_dir, "teacher": teacher, "panels": list(panels or []),
                         "questions": None if questions is None else list(questions), "l2": float(l2),
-                        "folds": int(folds), "latent_dim": latent_dim}
+                        "folds": int(folds), "latent_dim": latent_dim, "rationales": bool(rationales),
+                        "latent": str(latent)}
 
     def __call__(self, dm, out: str | Path, perspectives: Sequence[str], seed: int) -> Path:
         out = Path(out)
@@ -149,4 +195,4 @@ class HeadArtefact:
         return out
 
 
-__all__ = ["reading_features", "write_head_artefact", "HeadArtefact", "METRICS_FILE"]
+__all__ = ["reading_features", "write_head_artefact", "rationale_reads", "HeadArtefact", "METRICS_FILE"]
