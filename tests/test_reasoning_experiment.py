@@ -116,3 +116,19 @@ def test_a_perspective_subset_artefact_holds_those_perspectives_only(reads_and_d
     assert art.perspectives == ("structured_analysis",) and art.latents.shape[1] == 1
     k = _keys(art)[0]
     np.testing.assert_array_equal(art.latents[0, 0], states[k][1])  # written order: business, structured, user
+
+
+def test_latent_targets_share_one_pca_across_perspectives():
+    from lrkd.teacher.label.latents import project_latents
+
+    rng = np.random.default_rng(0)
+    states = rng.standard_normal((40, 3, 6))
+    targets, info = project_latents(states, 3, 2)
+    assert targets.shape == (40, 3, 2) and info["dim"] == 2
+    flat = targets.reshape(-1, 2).astype(np.float64)
+    np.testing.assert_allclose(flat.mean(axis=0), 0.0, atol=1e-5)  # one projection fitted on all 120 states
+    assert np.var(flat, axis=0, ddof=1).mean() == pytest.approx(1.0, rel=1e-4)  # unit mean variance
+    shared, _ = project_latents(states[:, :1], 3, None)  # one state for every perspective, no PCA
+    np.testing.assert_array_equal(shared[:, 2], states[:, 0].astype(np.float32))
+    with pytest.raises(ValueError, match="want 1 or 3"):
+        project_latents(states[:, :2], 3, 2)

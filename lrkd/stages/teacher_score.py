@@ -31,7 +31,8 @@ from lrkd.schema import text_fields
 from lrkd.stages.base import StageRun, select_rows, stage_folder
 from lrkd.stages.teacher_common import load_pairs
 from lrkd.teacher.label.calibration import OrdinalCalibration, judgement_score, raw_grade_probs
-from lrkd.teacher.label.head import pca_projection, reading_metrics
+from lrkd.teacher.label.head import reading_metrics
+from lrkd.teacher.label.latents import LATENT_KINDS, project_latents, rationale_states
 from lrkd.teacher.label.panel import (ANSWER_PREFIX, PanelReader, choose_bank, choose_examples, panel_prompt,
                                       questions_from_config, score_names)
 from lrkd.teacher.label.readers import JudgementReader, PerspectiveVerdictReader, RationaleReader, prompts_for_rows
@@ -268,50 +269,6 @@ def run(cfg: DictConfig) -> dict:
     return finalize(cfg, dm, started, reading)
 
 
-def decision_latents(cfg: DictConfig, pool: np.ndarray, at: np.ndarray, reads, k: int, metrics: dict):
-    """rows -> [n, K, d]: the judgement's decision state as every perspective's latent target (PCA of the
-    pool's states to ``stage.latent_dim``: smaller targets, most of the variance)."""
-    decision = reads.latents[:, 0, :].astype(np.float64)
-    latent_dim = cfg.stage.get("latent_dim")
-    if latent_dim and len(pool) > int(latent_dim):
-        mean, components, explained = pca_projection(decision[at[pool]], int(latent_dim))
-        decision = (decision - mean) @ components
-        metrics["latent_pca"] = {"dim": int(components.shape[1]), "explained_variance": explained}
-    return lambda rows: np.repeat(decision[at[rows]][:, None, :], k, axis=1).astype(np.float32)
-
-
-def rationale_latents(cfg: DictConfig, pool: np.ndarray, keys: list, written, perspectives, metrics: dict):
-    """(the pool's pairs with rationales, rows -> [n, K, d]): per perspective the teacher's mean
-    last-layer state over its rationale's tokens (:class:`RationaleReader`), projected by one PCA fitted
-    on every perspective's states of those pairs to ``stage.latent_dim``. Pairs without rationales
-    are left out of the artefact (they train on the student's own loss alone)."""
-    if written is None:
-        raise RuntimeError("stage.latent=rationale needs rationales (stage.rationales.max_pairs > 0)")
-    names = [p.name for p in perspectives]
-    order = list(written.rationales)
-    if sorted(order) != sorted(names):
-        raise ValueError(f"the rationales hold perspectives {order}, the job selects {names}")
-    index = written.index()
-    pool = np.asarray([r for r in pool if keys[r] in index], dtype=np.int64)
-    if not len(pool):
-        raise RuntimeError("stage.latent=rationale: no pair of the pool has a rationale")
-    where = {r: index[keys[r]] for r in pool}
-    states = written.latents[:, [order.index(n) for n in names], :].astype(np.float64)  # [m, K, D]
-    latent_dim = cfg.stage.get("latent_dim")
-    mean, components = 0.0, None
-    fit = states[[where[r] for r in pool]].reshape(-1, states.shape[-1])
-    if latent_dim and len(fit) > int(latent_dim):
-        mean, components, explained = pca_projection(fit, int(latent_dim))
-        metrics["latent_pca"] = {"dim": int(components.shape[1]), "explained_variance": explained}
-
-    def latents_of(rows):
-        x = states[[where[r] for r in rows]]
-        return ((x - mean) @ components if components is not None else x).astype(np.float32)
-
-    metrics["latent"] = "rationale"
-    return pool, latents_of
-
-
 def finalize(cfg: DictConfig, dm, started: float, reading: dict) -> dict:
     """Step 2 (see the module docstring); returns the stage metrics."""
     reads = iter_reads(reads_folder(cfg))
@@ -366,13 +323,21 @@ def finalize(cfg: DictConfig, dm, started: float, reading: dict) -> dict:
     pool = np.concatenate([read_rows(s, False) for s in plain(cfg.stage.pool_splits)])
     perspectives = perspectives_from_config(cfg.perspective)
     latent_kind = str(cfg.stage.get("latent", "decision"))
-    if latent_kind == "rationale":
-        pool, latents_of = rationale_latents(cfg, pool, keys, written, perspectives, metrics)
+    if latent_kind == "rationale":  # per perspective its rationale's states; the pairs with rationales only
+        if written is None:
+            raise RuntimeError("stage.latent=rationale needs rationales (stage.rationales.max_pairs > 0)")
+        has, states = rationale_states(written, [keys[r] for r in pool], [p.name for p in perspectives])
+        pool = pool[has]
+        if not len(pool):
+            raise RuntimeError("stage.latent=rationale: no pair of the pool has a rationale")
     elif latent_kind == "decision":
-        latents_of = decision_latents(cfg, pool, at, reads, len(perspectives), metrics)
+        states = reads.latents[at[pool], :1, :]
     else:
-        raise ValueError(f"stage.latent must be decision or rationale, got {latent_kind!r}")
+        raise ValueError(f"stage.latent must be one of {sorted(LATENT_KINDS)}, got {latent_kind!r}")
     latent_dim = cfg.stage.get("latent_dim")
+    targets, pca = project_latents(states, len(perspectives), latent_dim)
+    if pca:
+        metrics["latent_pca"] = pca
     out = stage_folder(cfg, ARTEFACT_FOLDER)
     with atomic_path(out, directory=True) as tmp:  # the stage is recorded in tmp, renamed onto out when finished
         run = StageRun(cfg, STAGE, tmp, {"calibration": metrics["calibration"], "pool": len(pool), "latent": latent_kind,
@@ -380,9 +345,8 @@ def finalize(cfg: DictConfig, dm, started: float, reading: dict) -> dict:
         run.started, fingerprint = started, run.fingerprint
         writer = ArtefactWriter(tmp, teacher_id=f"{cfg.teacher.name} (llama.cpp, judgement reading, calibrated on val)",
                                 perspectives=[p.name for p in perspectives], label_names=list(label_set.names),
-                                vector_dim=int(latents_of(pool[:1]).shape[-1]), dataset_fingerprint=dm.fingerprint,
-                                extra={"stage_fingerprint": fingerprint,
-                                       "latent": {"decision": "decision_state", "rationale": "rationale_states"}[latent_kind],
+                                vector_dim=int(targets.shape[-1]), dataset_fingerprint=dm.fingerprint,
+                                extra={"stage_fingerprint": fingerprint, "latent": LATENT_KINDS[latent_kind],
                                        "soft_labels": f"calibrated:{method}", "calibration": metrics["calibration"],
                                        "teacher_test": metrics.get("test/calibrated"),
                                        "teacher_test_raw": metrics.get("test/raw"), "pool_size": int(len(pool)),
@@ -391,7 +355,7 @@ def finalize(cfg: DictConfig, dm, started: float, reading: dict) -> dict:
         size = int(cfg.stage.get("artefact_shard_size", 1024))
         for shard, start in enumerate(range(0, len(pool), size)):
             rows = pool[start:start + size]
-            latents = latents_of(rows)
+            latents = targets[start:start + size]
             writer.write_shard(shard, [keys[r][0] for r in rows], [keys[r][1] for r in rows],
                                {p.name: [texts.get(keys[r], {}).get(p.name, "") for r in rows] for p in perspectives},
                                soft(rows), latents)

@@ -24,7 +24,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from lrkd.artefact import ArtefactWriter
-from lrkd.teacher.label.head import cross_fit, logit, pca_projection, reading_metrics
+from lrkd.teacher.label.head import cross_fit, logit, reading_metrics
+from lrkd.teacher.label.latents import LATENT_KINDS, project_latents, rationale_states
 from lrkd.teacher.label.score_pool import iter_reads
 from lrkd.utils import atomic_path, write_json_atomic
 
@@ -111,46 +112,39 @@ def write_head_artefact(dm, out: str | Path, *, reads_dir: str | Path, perspecti
             metrics[split] = reading_metrics(soft[part], frame, part, label_set, int(ece_bins))
     metrics["train_gold_oof"] = reading_metrics(soft[gold], frame, gold, label_set, int(ece_bins))
     texts = {p: [""] * len(rows) for p in perspectives}
+    if latent not in LATENT_KINDS:
+        raise ValueError(f"latent must be one of {sorted(LATENT_KINDS)}, got {latent!r}")
     if rationales or latent == "rationale":
         written = rationale_reads(root, perspectives)
-        windex = written.index()
+        has, states = rationale_states(written, [keys[r] for r in rows], perspectives)
         if latent == "rationale":
-            rows = rows[[keys[r] in windex for r in rows]]
-            if not len(rows):
+            if not has.any():
                 raise RuntimeError(f"latent=rationale: no pair of this data has a rationale in {root / 'rationales'}")
+            rows = rows[has]
+        windex = written.index()
         texts = {p: [written.rationales[p][windex[keys[r]]] if keys[r] in windex else "" for r in rows]
                  for p in perspectives}
-        metrics["rationale_pairs"] = int(sum(keys[r] in windex for r in rows))
-    if latent == "rationale":
-        order = list(written.rationales)
-        states = written.latents[[windex[keys[r]] for r in rows]][:, [order.index(p) for p in perspectives], :]
-    elif latent == "decision":
+        metrics["rationale_pairs"] = int(has.sum())
+    if latent == "decision":
         judge = sources[0][1]
         index = judge.index()
         states = judge.latents[[index[keys[r]] for r in rows], :1, :]
-    else:
-        raise ValueError(f"latent must be decision or rationale, got {latent!r}")
-    flat = states.reshape(-1, states.shape[-1]).astype(np.float64)
-    if latent_dim and len(flat) > int(latent_dim):
-        mean, components, explained = pca_projection(flat, int(latent_dim))
-        flat = (flat - mean) @ components
-        metrics["latent_pca"] = {"dim": int(components.shape[1]), "explained_variance": explained}
-    targets = flat.reshape(len(rows), states.shape[1], -1)
-    if latent == "decision":
-        targets = np.repeat(targets, len(perspectives), axis=1)
+    targets, pca = project_latents(states, len(perspectives), latent_dim)
+    if pca:
+        metrics["latent_pca"] = pca
     with atomic_path(out, directory=True) as tmp:
         writer = ArtefactWriter(tmp, teacher_id=f"{teacher} (llama.cpp readings, a head fitted on the gold train "
                                                 f"pairs of this split and budget)",
                                 perspectives=list(perspectives), label_names=list(label_set.names),
                                 vector_dim=int(targets.shape[-1]), dataset_fingerprint=dm.fingerprint,
                                 extra={**(extra or {}), "soft_labels": "ordinal_head",
-                                       "latent": {"decision": "decision_state", "rationale": "rationale_states"}[latent],
+                                       "latent": LATENT_KINDS[latent],
                                        "rationales": bool(rationales or latent == "rationale"),
                                        "head": metrics["head"], "teacher_test": metrics.get("test")})
         for shard, start in enumerate(range(0, len(rows), int(shard_size))):
             part, cut = rows[start:start + int(shard_size)], slice(start, start + int(shard_size))
             writer.write_shard(shard, [keys[r][0] for r in part], [keys[r][1] for r in part],
-                               {p: texts[p][cut] for p in perspectives}, soft[part], targets[cut].astype(np.float32))
+                               {p: texts[p][cut] for p in perspectives}, soft[part], targets[cut])
         writer.finalize()
         write_json_atomic(Path(tmp) / METRICS_FILE, metrics)
         if record is not None:
