@@ -94,7 +94,24 @@ class JudgementReader:
         return softmax(result.logits), result.hidden[-1:].astype(np.float32), {}
 
 
-class RationaleReader:
+class TokenizerReader:
+    """A reader that tokenizes in the worker: the tokenizer is loaded from ``tokenizer_dir`` on first
+    use and never pickled (the readers are sent to worker processes)."""
+
+    def __init__(self, tokenizer_dir: str):
+        self.tokenizer_dir = str(tokenizer_dir)
+        self._tokenizer = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_tokenizer": None}
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir)
+        return self._tokenizer
+
+
+class RationaleReader(TokenizerReader):
     """Multi-perspective chain of thought for one pair (the annotation of
     :mod:`lrkd.teacher.label.annotate`, on llama.cpp): greedy generation after the multi-perspective prompt
     (completion-only n-gram block), parsed into one rationale per perspective
@@ -107,19 +124,10 @@ class RationaleReader:
 
     def __init__(self, tokenizer_dir: str, perspectives: Sequence, grade_names: Sequence[str], max_new_tokens: int,
                  no_repeat_ngram_size: int = 3):
-        self.tokenizer_dir = str(tokenizer_dir)
+        super().__init__(tokenizer_dir)
         self.perspectives = [(p.name, p.title, p.instruction) for p in perspectives]
         self.grade_names = list(grade_names)
         self.max_new_tokens, self.no_repeat_ngram_size = int(max_new_tokens), int(no_repeat_ngram_size)
-        self._tokenizer = None
-
-    def __getstate__(self):
-        return {**self.__dict__, "_tokenizer": None}
-
-    def tokenizer(self):
-        if self._tokenizer is None:
-            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir)
-        return self._tokenizer
 
     def _canonical(self, ids: Sequence[int]) -> tuple[dict[str, str], str, list[int]]:
         """(rationale per perspective, the canonical completion up to ``Label:``, its token ids)."""
@@ -163,7 +171,7 @@ class RationaleReader:
         return soft, latents, rationales
 
 
-class PerspectiveVerdictReader:
+class PerspectiveVerdictReader(TokenizerReader):
     """Each perspective's own verdict (the per-perspective diagnostics of the LRKD paper), for pairs
     that already have rationales (:class:`RationaleReader`'s reads), read the way the teacher reads
     best: the judgement prompt of :class:`JudgementReader`, whose assistant turn is teacher-forced as
@@ -179,19 +187,10 @@ class PerspectiveVerdictReader:
 
     def __init__(self, tokenizer_dir: str, perspectives: Sequence, answer_prefix: str, answer_ids: Sequence[int],
                  given: dict):
-        self.tokenizer_dir = str(tokenizer_dir)
+        super().__init__(tokenizer_dir)
         self.perspectives = [(p.name, p.title) for p in perspectives]
         self.answer_prefix, self.answer_ids = str(answer_prefix), list(answer_ids)
         self.given = {tuple(map(str, k)): dict(v) for k, v in given.items()}
-        self._tokenizer = None
-
-    def __getstate__(self):
-        return {**self.__dict__, "_tokenizer": None}
-
-    def tokenizer(self):
-        if self._tokenizer is None:
-            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir)
-        return self._tokenizer
 
     def texts(self, prompt: "PairPrompt") -> tuple[dict[str, str], list[str | None]]:
         """(rationales, the K + 1 assistant texts to teacher-force: one per perspective, None when its
