@@ -34,7 +34,8 @@ FINAL = "final"
 def _auc(p_relevant: np.ndarray, relevant: np.ndarray) -> float:
     if len(np.unique(relevant)) < 2:
         return float("nan")
-    return float(binary_auroc(torch.as_tensor(p_relevant, dtype=torch.float64), torch.as_tensor(relevant.astype(np.int64))))
+    return float(binary_auroc(torch.as_tensor(p_relevant, dtype=torch.float64),
+                              torch.as_tensor(relevant.astype(np.int64))))
 
 
 def perspective_diagnostics(verdicts: np.ndarray, final: np.ndarray, gold: np.ndarray, names: Sequence[str],
@@ -67,7 +68,8 @@ def perspective_diagnostics(verdicts: np.ndarray, final: np.ndarray, gold: np.nd
         corrects = wrong_final & (answer == t)
         breaks = ~wrong_final & (answer != t)
         return {"pairs": int(keep.sum()), "agree_gold": accuracy(cm),
-                "agree_gold_binary": float(np.mean((answer < relevant_answers) == relevant)) if len(g) else float("nan"),
+                "agree_gold_binary": (float(np.mean((answer < relevant_answers) == relevant)) if len(g)
+                                      else float("nan")),
                 "auc": _auc(d[:, :relevant_answers].sum(axis=1), relevant),
                 "qwk": qwk(cm), "macro_f1": macro_f1(cm),
                 "agree_final": float(np.mean(answer == fa)) if len(g) else float("nan"),

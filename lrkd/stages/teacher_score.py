@@ -36,14 +36,14 @@ from lrkd.teacher.label.latents import LATENT_KINDS, project_latents, rationale_
 from lrkd.teacher.label.panel import (ANSWER_PREFIX, PanelReader, choose_bank, choose_examples, panel_prompt,
                                       questions_from_config, score_names)
 from lrkd.teacher.label.readers import JudgementReader, PerspectiveVerdictReader, RationaleReader, prompts_for_rows
-from lrkd.teacher.label.score_pool import iter_reads, score_pairs
-from lrkd.teacher.label.workers import EXECUTION_KEY
+from lrkd.teacher.label.score_pool import completed_keys, iter_reads, score_pairs
+from lrkd.teacher.label.workers import EXECUTION_KEY, progress_totals
 from lrkd.teacher.model import llama_cpp_source
 from lrkd.teacher.prompts import JUDGE_ANSWERS, JUDGE_INSTRUCTION, JUDGE_PREFIX, perspectives_from_config
 from lrkd.teacher.runtime.engines import resolve_engine
 from lrkd.teacher.runtime.llama_cpp import gguf_embedding_dim
 from lrkd.teacher.tokens import answer_token_ids
-from lrkd.utils import atomic_path, plain
+from lrkd.utils import atomic_path, plain, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,8 @@ def rationale_settings(cfg: DictConfig, gguf: str) -> dict:
     """What a rationale depends on (the judgement reading's settings, the prompt and the decoding)."""
     spec = cfg.stage.rationales
     return {**reading_settings(cfg, gguf), "prompt": "multi_perspective",
-            "max_item_words": cfg.teacher.get("max_item_words"), "max_new_tokens": int(spec.max_new_tokens), "no_repeat_ngram_size": int(spec.no_repeat_ngram_size),
+            "max_item_words": cfg.teacher.get("max_item_words"), "max_new_tokens": int(spec.max_new_tokens),
+            "no_repeat_ngram_size": int(spec.no_repeat_ngram_size),
             "perspectives": plain(cfg.perspective)}
 
 
@@ -125,10 +126,26 @@ def write_rationales(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:
                 "extra": settings}
     reader = RationaleReader(tokenizer.name_or_path, perspectives, grades, int(spec.max_new_tokens),
                              int(spec.no_repeat_ngram_size))
-    return score_pairs(prompts, gguf=gguf, runtime=plain(cfg.teacher.llama_cpp),
-                       reads_dir=reads_folder(cfg) / "rationales",
-                       manifest=manifest, reader=reader, workers=int(cfg.stage.workers),
-                       shard_size=int(spec.get("shard_size", 8)))
+    folder = reads_folder(cfg) / "rationales"
+    result = score_pairs(prompts, gguf=gguf, runtime=plain(cfg.teacher.llama_cpp), reads_dir=folder,
+                         manifest=manifest, reader=reader, workers=int(cfg.stage.workers),
+                         shard_size=int(spec.get("shard_size", 8)))
+    pool = np.concatenate([np.asarray(dm.splits[s], dtype=np.int64) for s in plain(cfg.stage.pool_splits)])
+    record_coverage(folder, dm, pool, len(rows))
+    return result
+
+
+def record_coverage(folder: Path, dm, pool: np.ndarray, requested: int) -> dict:
+    """``<folder>/provenance.json``: how many of the pool's pairs the folder covers, and the workers'
+    wall time over the shards they timed (:func:`progress_totals`)."""
+    frame = dm.frame.iloc[pool]
+    keys = set(zip(frame["query_id"].astype(str), frame["item_id"].astype(str)))
+    covered = len(keys & completed_keys(folder))
+    record = {"pool_pairs": len(keys), "requested": int(requested), "covered": covered,
+              "coverage": round(covered / len(keys), 4) if keys else None, **progress_totals(folder)}
+    write_json_atomic(folder / "provenance.json", record)
+    log.info("teacher_score: %s covers %d of %d pool pairs", folder.name, covered, len(keys))
+    return record
 
 
 def read_perspective_verdicts(cfg: DictConfig, dm, tokenizer, gguf: str) -> dict:

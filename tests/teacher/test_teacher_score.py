@@ -45,6 +45,11 @@ def test_teacher_score_reads_calibrates_and_writes_the_student_artefact(make_cfg
     with_text = [i for i in range(len(art)) if any(art.rationales[p][i] for p in art.perspectives)]
     assert 1 <= len(with_text) <= 3
 
+    # the rationales' provenance: coverage of the pool and the workers' wall time, shard by shard
+    provenance = __import__("json").loads((work / "reads" / "rationales" / "provenance.json").read_text())
+    assert (provenance["pool_pairs"], provenance["requested"], provenance["covered"]) == (2575, 3, 3)  # all train
+    assert provenance["coverage"] == round(3 / 2575, 4)
+    assert provenance["timed_rows"] == 3 and provenance["worker_seconds"] > 0
     # each perspective's own verdict on the three pairs with rationales, and their diagnostics
     verdicts = load_artefact(work / "reads" / "perspective_verdicts" / "worker-000")
     assert verdicts.latents.shape[1:] == (3, 2)  # three perspectives, (yes, no)

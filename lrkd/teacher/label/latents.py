@@ -33,7 +33,8 @@ def rationale_states(written, keys: Sequence[tuple[str, str]], perspectives: Seq
     return has, written.latents[rows][:, [order.index(p) for p in perspectives], :]
 
 
-def project_latents(states: np.ndarray, num_perspectives: int, latent_dim: int | None) -> tuple[np.ndarray, dict | None]:
+def project_latents(states: np.ndarray, num_perspectives: int,
+                    latent_dim: int | None) -> tuple[np.ndarray, dict | None]:
     """``states`` [n, S, D] (S = 1: one state shared by every perspective, or S = K) -> targets
     [n, K, d] float32: one PCA over all n·S states to ``latent_dim`` components (none when there are
     no more states than that, or ``latent_dim`` is null). Returns (targets, {"dim",

@@ -39,7 +39,7 @@ from transformers import AutoTokenizer
 from lrkd.data.encode import item_text
 from lrkd.schema import text_fields
 from lrkd.teacher.label.readers import SequenceLimits
-from lrkd.teacher.label.workers import (EXECUTION_KEY, PART_PREFIX, part_slots, run_requests, run_workers,
+from lrkd.teacher.label.workers import (PART_PREFIX, append_progress, part_slots, run_requests, run_workers,
                                         settings_difference)
 from lrkd.teacher.prompts import clip_words, prompt_add_special_tokens, render_message
 from lrkd.teacher.runtime.batched import Feed, Prefix, generation
@@ -220,14 +220,17 @@ def _run_job(job: GenerationJob) -> dict:
     part.mkdir(parents=True, exist_ok=True)
     shard = max((int(p.stem.split("-")[1]) for p in _shards(part)), default=-1) + 1
     started, chunk, written = time.time(), [], 0
+    last = started
 
     def flush():
-        nonlocal shard
+        nonlocal shard, last
         frame = pd.DataFrame({"item_id": [c[0] for c in chunk], "completion": [c[1] for c in chunk],
                               "new_tokens": np.asarray([c[2] for c in chunk], dtype=np.int32)})
         with atomic_path(part / f"shard-{shard:05d}.parquet") as tmp:
             frame.to_parquet(tmp, index=False)
-        shard += 1
+        now = time.time()
+        append_progress(part, shard, len(chunk), now - last, runtime=job.runtime)
+        shard, last = shard + 1, now
         chunk.clear()
 
     for prompt, (text, n_new) in run_requests(job.gguf, job.runtime, job.rows, job.writer, max_prefixes=1):

@@ -28,7 +28,7 @@ import numpy as np
 from lrkd.artefact import ArtefactWriter, iter_shards, read_manifest
 from lrkd.artefact.ranks import artefact_keys
 from lrkd.teacher.label.readers import PairPrompt
-from lrkd.teacher.label.workers import (EXECUTION_KEY, PART_PREFIX, part_slots, run_requests, run_workers,
+from lrkd.teacher.label.workers import (PART_PREFIX, append_progress, part_slots, run_requests, run_workers,
                                         settings_difference)
 
 log = logging.getLogger(__name__)
@@ -65,13 +65,17 @@ def _run_job(job: ScoreJob) -> dict:
     perspectives = list(job.manifest["perspectives"])
     chunk: list = []
 
+    last = started
+
     def flush():
-        nonlocal next_shard
+        nonlocal next_shard, last
         texts = {p: [c[3].get(p, "") for c in chunk] for p in perspectives}
         scores = {name: [c[4][name] for c in chunk] for name in chunk[0][4]}
         writer.write_shard(next_shard, [c[0].query_id for c in chunk], [c[0].item_id for c in chunk], texts,
                            np.stack([c[1] for c in chunk]), np.stack([c[2] for c in chunk]), scores=scores)
-        next_shard += 1
+        now = time.time()
+        append_progress(job.part_dir, next_shard, len(chunk), now - last, runtime=job.runtime)
+        next_shard, last = next_shard + 1, now
         chunk.clear()
 
     for prompt, reading in run_requests(job.gguf, job.runtime, rows, job.reader, max_prefixes=2):

@@ -12,11 +12,15 @@ The readings (:mod:`lrkd.teacher.label.score_pool`) and the query generations
   callable and a request program.
 - :func:`settings_record` / :func:`settings_difference`: the record that decides whether an existing
   part is resumed; its ``execution`` entry (engine, sequences in flight) is provenance, not settings.
+- :func:`append_progress` / :func:`progress_totals`: each part's ``progress.jsonl``, one line per
+  shard written (its rows and the worker's wall seconds for them), appended as the shard lands, so the
+  wall time of work that was killed and resumed adds up.
 """
 from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -26,6 +30,7 @@ from lrkd.teacher.runtime.engines import open_engine
 from lrkd.teacher.runtime.llama_cpp import LlamaCppRuntime
 
 PART_PREFIX = "worker-"
+PROGRESS_FILE = "progress.jsonl"
 EXECUTION_KEY = "execution"  # how a part was made (engine, sequences in flight): provenance, not settings
 
 
@@ -48,6 +53,28 @@ def part_slots(out_dir: str | Path, workers: int) -> list[str]:
     existing = sorted(p.name for p in Path(out_dir).glob(PART_PREFIX + "*") if p.is_dir())
     fresh = (n for n in (f"{PART_PREFIX}{i:03d}" for i in range(10_000)) if n not in existing)
     return existing[:workers] + [next(fresh) for _ in range(max(0, workers - len(existing)))]
+
+
+def append_progress(part_dir: str | Path, shard: int, rows: int, seconds: float, **extra) -> None:
+    """One line of ``<part_dir>/progress.jsonl``: a shard of ``rows`` rows took ``seconds`` of this
+    worker's wall time (appended after the shard is written)."""
+    record = {"shard": int(shard), "rows": int(rows), "seconds": round(float(seconds), 3),
+              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
+    with open(Path(part_dir) / PROGRESS_FILE, "a") as f:
+        f.write(json.dumps(record, default=str) + "\n")
+
+
+def progress_totals(out_dir: str | Path) -> dict:
+    """{"timed_rows", "worker_seconds", "seconds_per_row"} over every part's progress lines (rows
+    written before progress was recorded are not timed)."""
+    rows = seconds = 0.0
+    for path in sorted(Path(out_dir).glob(f"{PART_PREFIX}*/{PROGRESS_FILE}")):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                rows, seconds = rows + record["rows"], seconds + record["seconds"]
+    return {"timed_rows": int(rows), "worker_seconds": round(seconds, 1),
+            "seconds_per_row": round(seconds / rows, 3) if rows else None}
 
 
 def run_workers(run_job: Callable[[Any], dict], jobs: Sequence) -> list[dict]:
@@ -96,5 +123,6 @@ def run_requests(gguf: str, runtime: Mapping, rows: Sequence, task, max_prefixes
         eng.close()
 
 
-__all__ = ["PART_PREFIX", "EXECUTION_KEY", "settings_record", "settings_difference", "part_slots", "run_workers",
+__all__ = ["PART_PREFIX", "PROGRESS_FILE", "EXECUTION_KEY", "append_progress", "progress_totals", "settings_record",
+           "settings_difference", "part_slots", "run_workers",
            "runtime_settings", "run_requests"]
